@@ -1,0 +1,204 @@
+"""``linear_logprob`` against an fp64 PyTorch reference written here, on fresh random inputs.
+
+The Triton path runs under the interpreter on CPU (fp32 inputs; bf16 is checked on GPU in
+``test_linear_logprob_gpu.py``).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from occ_fast.kernels import heads_logprob, linear_logprob
+
+IMPLS = ["triton", "torch_chunked"]
+
+
+def reference_fp64(hidden, weight, targets, temperature, ignore_index=-100):
+    """Log-prob and entropy of softmax(h W^T / T) in fp64; zero on ignored rows."""
+    z = hidden.double() @ weight.double().t()
+    if isinstance(temperature, torch.Tensor):
+        z = z / temperature.double()[:, None]
+    else:
+        z = z / temperature
+    logp = torch.log_softmax(z, dim=-1)
+    valid = targets != ignore_index
+    picked = logp.gather(1, torch.where(valid, targets, 0)[:, None]).squeeze(1)
+    entropy = -(logp.exp() * logp).sum(-1)
+    return torch.where(valid, picked, 0.0), torch.where(valid, entropy, 0.0)
+
+
+def make_inputs(m, h, v, *, scale=1.0, ignore_frac=0.2, seed=None):
+    gen = torch.Generator().manual_seed(seed if seed is not None else torch.seed() % 2**31)
+    hidden = torch.randn(m, h, generator=gen) * scale / h**0.5
+    weight = torch.randn(v, h, generator=gen)
+    targets = torch.randint(0, v, (m,), generator=gen)
+    targets[torch.rand(m, generator=gen) < ignore_frac] = -100
+    return hidden, weight, targets
+
+
+def check_against_reference(impl, hidden, weight, targets, temperature=1.0, chunk_rows=None, tol=2e-5):
+    """Outputs and the gradients of sum(g1 * logprob + g2 * entropy) match fp64."""
+    m = hidden.shape[0]
+    g1, g2 = torch.randn(m), torch.randn(m)
+    h32 = hidden.clone().requires_grad_()
+    w32 = weight.clone().requires_grad_()
+    out = linear_logprob(
+        h32, w32, targets, temperature=temperature, return_entropy=True, impl=impl, chunk_rows=chunk_rows
+    )
+    h64 = hidden.double().requires_grad_()
+    w64 = weight.double().requires_grad_()
+    ref_lp, ref_ent = reference_fp64(h64, w64, targets, temperature)
+    assert out.logprob.dtype == torch.float32 and out.entropy.dtype == torch.float32
+    assert torch.isfinite(out.logprob).all() and torch.isfinite(out.entropy).all()
+    scale_lp = ref_lp.abs().max().item() + 1.0
+    torch.testing.assert_close(out.logprob.double(), ref_lp.detach(), rtol=tol, atol=tol * scale_lp)
+    torch.testing.assert_close(out.entropy.double(), ref_ent.detach(), rtol=tol, atol=tol * scale_lp)
+
+    (g1 * out.logprob + g2 * out.entropy).sum().backward()
+    (g1.double() * ref_lp + g2.double() * ref_ent).sum().backward()
+    for name, got, want in (("hidden", h32.grad, h64.grad), ("weight", w32.grad, w64.grad)):
+        assert got.dtype == torch.float32, name
+        atol = tol * (want.abs().max().item() + 1.0)
+        torch.testing.assert_close(got.double(), want, rtol=tol * 10, atol=atol, msg=f"grad {name}")
+    return out
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize(
+    ("m", "h", "v", "chunk_rows"),
+    [(37, 48, 1009, None), (37, 48, 1009, 10), (1, 16, 33, None), (70, 20, 257, 33), (5, 80, 64, 2)],
+)
+def test_matches_fp64_reference(impl, m, h, v, chunk_rows):
+    hidden, weight, targets = make_inputs(m, h, v, scale=3.0)
+    check_against_reference(impl, hidden, weight, targets, chunk_rows=chunk_rows)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_per_row_and_scalar_temperature(impl):
+    hidden, weight, targets = make_inputs(29, 32, 300, scale=4.0)
+    check_against_reference(impl, hidden, weight, targets, temperature=torch.rand(29) * 1.5 + 0.3)
+    check_against_reference(impl, hidden, weight, targets, temperature=0.7)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_large_logits_stay_finite(impl):
+    hidden, weight, targets = make_inputs(19, 24, 211, scale=1.0, ignore_frac=0.0)
+    hidden = hidden * (1e3 / (hidden @ weight.t()).abs().max())
+    assert (hidden @ weight.t()).abs().max() > 900
+    out = check_against_reference(impl, hidden, weight, targets, tol=1e-5)
+    assert out.logprob.min() < -10  # the distribution is far from uniform: the test is not trivial
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_all_rows_ignored_gives_zeros(impl):
+    hidden, weight, _ = make_inputs(9, 16, 50)
+    targets = torch.full((9,), -100)
+    h = hidden.clone().requires_grad_()
+    w = weight.clone().requires_grad_()
+    out = linear_logprob(h, w, targets, return_entropy=True, impl=impl)
+    assert torch.equal(out.logprob, torch.zeros(9)) and torch.equal(out.entropy, torch.zeros(9))
+    (torch.randn(9) * out.logprob + torch.randn(9) * out.entropy).sum().backward()
+    assert torch.equal(h.grad, torch.zeros_like(h)) and torch.equal(w.grad, torch.zeros_like(w))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_custom_ignore_index(impl):
+    hidden, weight, targets = make_inputs(12, 16, 40, ignore_frac=0.0)
+    targets[::3] = 7  # a real token id used as the ignore marker
+    out = linear_logprob(hidden, weight, targets, ignore_index=7, impl=impl)
+    ref, _ = reference_fp64(hidden, weight, targets, 1.0, ignore_index=7)
+    torch.testing.assert_close(out.logprob.double(), ref, rtol=1e-5, atol=1e-5)
+    assert torch.equal(out.logprob[::3], torch.zeros(4))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_logprob_only_gradient_and_frozen_weight(impl):
+    """Without entropy, only the log-prob path runs; a weight without grad gets none."""
+    hidden, weight, targets = make_inputs(23, 32, 150, scale=3.0)
+    h = hidden.clone().requires_grad_()
+    out = linear_logprob(h, weight, targets, impl=impl)
+    assert out.entropy is None
+    g = torch.randn(23)
+    (g * out.logprob).sum().backward()
+    h64 = hidden.double().requires_grad_()
+    ref, _ = reference_fp64(h64, weight, targets, 1.0)
+    (g.double() * ref).sum().backward()
+    torch.testing.assert_close(h.grad.double(), h64.grad, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_stacked_heads_equal_separate_calls_and_reference(impl):
+    """Main head + 2 MTP heads in one call: per-head outputs and the shared weight's grad add up."""
+    weight = torch.randn(173, 40)
+    heads = [make_inputs(m, 40, 173, scale=3.0)[::2] for m in (31, 30, 29)]
+    hiddens = [h.clone().requires_grad_() for h, _ in heads]
+    targets = [t for _, t in heads]
+    w = weight.clone().requires_grad_()
+    outs = heads_logprob(hiddens, w, targets, return_entropy=True, impl=impl)
+    grads = [(torch.randn(len(t)), torch.randn(len(t))) for t in targets]
+    sum((g1 * o.logprob + g2 * o.entropy).sum() for (g1, g2), o in zip(grads, outs)).backward()
+
+    w64 = weight.double().requires_grad_()
+    for k, ((hidden, t), (g1, g2)) in enumerate(zip(heads, grads)):
+        h64 = hidden.double().requires_grad_()
+        ref_lp, ref_ent = reference_fp64(h64, w64, t, 1.0)
+        torch.testing.assert_close(outs[k].logprob.double(), ref_lp.detach(), rtol=2e-5, atol=1e-4)
+        torch.testing.assert_close(outs[k].entropy.double(), ref_ent.detach(), rtol=2e-5, atol=1e-4)
+        (g1.double() * ref_lp + g2.double() * ref_ent).sum().backward()
+        torch.testing.assert_close(hiddens[k].grad.double(), h64.grad, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(w.grad.double(), w64.grad, rtol=1e-4, atol=1e-4)
+
+
+def test_heads_per_head_temperatures_and_errors():
+    weight = torch.randn(50, 16)
+    hiddens = [torch.randn(4, 16), torch.randn(3, 16)]
+    targets = [torch.randint(0, 50, (4,)), torch.randint(0, 50, (3,))]
+    temps = [torch.full((4,), 0.5), torch.full((3,), 2.0)]
+    outs = heads_logprob(hiddens, weight, targets, temperature=temps)
+    for h, t, temp, o in zip(hiddens, targets, temps, outs):
+        ref, _ = reference_fp64(h, weight, t, temp)
+        torch.testing.assert_close(o.logprob.double(), ref, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="2 hidden tensors but 1 target"):
+        heads_logprob(hiddens, weight, targets[:1])
+    with pytest.raises(ValueError, match="at least one head"):
+        heads_logprob([], weight, [])
+
+
+def test_impls_agree_with_each_other():
+    hidden, weight, targets = make_inputs(40, 32, 500, scale=5.0)
+    outs = {i: linear_logprob(hidden, weight, targets, return_entropy=True, impl=i) for i in IMPLS + ["torch"]}
+    for impl in IMPLS:
+        torch.testing.assert_close(outs[impl].logprob, outs["torch"].logprob, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(outs[impl].entropy, outs["torch"].entropy, rtol=1e-5, atol=1e-5)
+
+
+def test_auto_uses_chunked_path_on_cpu():
+    hidden, weight, targets = make_inputs(8, 16, 30)
+    out = linear_logprob(hidden.requires_grad_(), weight, targets, impl="auto")
+    assert out.logprob.grad_fn is not None and "Chunked" in type(out.logprob.grad_fn).__name__
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(hidden=torch.randn(4, 8, 2)), ValueError, "hidden must be"),
+        (dict(weight=torch.randn(10, 7)), ValueError, "disagree on H"),
+        (dict(targets=torch.zeros(5, dtype=torch.long)), ValueError, "targets must be"),
+        (dict(targets=torch.zeros(4)), TypeError, "targets must be int64"),
+        (dict(hidden=torch.randn(4, 8, dtype=torch.float64)), TypeError, "hidden must be float32"),
+        (dict(weight=torch.randn(10, 8, dtype=torch.bfloat16)), TypeError, "weight dtype"),
+        (dict(targets=torch.tensor([0, 1, 10, 2])), ValueError, r"targets must lie in \[0, 10\)"),
+        (dict(targets=torch.tensor([0, -1, 3, 2])), ValueError, r"targets must lie in \[0, 10\)"),
+        (dict(temperature=0.0), ValueError, "temperature must be > 0"),
+        (dict(temperature=torch.tensor([1.0, -1.0, 1.0, 1.0])), ValueError, "temperature must be > 0"),
+        (dict(temperature=torch.ones(3)), ValueError, "temperature tensor must be"),
+        (dict(impl="cuda"), ValueError, "impl must be one of"),
+        (dict(chunk_rows=0), ValueError, "chunk_rows must be"),
+    ],
+)
+def test_bad_inputs_raise_clear_errors(kwargs, error, match):
+    args = dict(hidden=torch.randn(4, 8), weight=torch.randn(10, 8), targets=torch.tensor([0, 1, 9, -100]))
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        linear_logprob(args.pop("hidden"), args.pop("weight"), args.pop("targets"), **args)
