@@ -51,7 +51,9 @@ class ChunkedLinearLogprob(torch.autograd.Function):
         ctx.save_for_backward(hidden, weight, targets, inv_temperature, valid, lse, entropy)
         ctx.chunk_rows = chunk_rows
         zero = torch.zeros_like(logprob)
-        return torch.where(valid, logprob, zero), (torch.where(valid, entropy, zero) if return_entropy else None)
+        return torch.where(valid, logprob, zero), (
+            torch.where(valid, entropy, zero) if return_entropy else None
+        )
 
     @staticmethod
     def backward(ctx, grad_logprob, grad_entropy):

@@ -279,7 +279,9 @@ class TritonLinearLogprob(torch.autograd.Function):
         ctx.save_for_backward(hidden, weight, targets, inv_temperature, valid, lse, entropy)
         ctx.chunk_rows = chunk_rows
         zero = torch.zeros_like(logprob)
-        return torch.where(valid, logprob, zero), (None if entropy is None else torch.where(valid, entropy, zero))
+        return torch.where(valid, logprob, zero), (
+            None if entropy is None else torch.where(valid, entropy, zero)
+        )
 
     @staticmethod
     def backward(ctx, grad_logprob, grad_entropy):
@@ -290,7 +292,9 @@ class TritonLinearLogprob(torch.autograd.Function):
             g2 = None
         m = hidden.shape[0]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+        grad_weight = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
+        )
         chunk = min(ctx.chunk_rows, m)
         dlogits = torch.empty((chunk, weight.shape[0]), dtype=hidden.dtype, device=hidden.device)
         for start in range(0, m, chunk):

@@ -17,10 +17,7 @@ IMPLS = ["triton", "torch_chunked"]
 def reference_fp64(hidden, weight, targets, temperature, ignore_index=-100):
     """Log-prob and entropy of softmax(h W^T / T) in fp64; zero on ignored rows."""
     z = hidden.double() @ weight.double().t()
-    if isinstance(temperature, torch.Tensor):
-        z = z / temperature.double()[:, None]
-    else:
-        z = z / temperature
+    z = z / temperature.double()[:, None] if isinstance(temperature, torch.Tensor) else z / temperature
     logp = torch.log_softmax(z, dim=-1)
     valid = targets != ignore_index
     picked = logp.gather(1, torch.where(valid, targets, 0)[:, None]).squeeze(1)
@@ -167,7 +164,9 @@ def test_heads_per_head_temperatures_and_errors():
 
 def test_impls_agree_with_each_other():
     hidden, weight, targets = make_inputs(40, 32, 500, scale=5.0)
-    outs = {i: linear_logprob(hidden, weight, targets, return_entropy=True, impl=i) for i in IMPLS + ["torch"]}
+    outs = {
+        i: linear_logprob(hidden, weight, targets, return_entropy=True, impl=i) for i in IMPLS + ["torch"]
+    }
     for impl in IMPLS:
         torch.testing.assert_close(outs[impl].logprob, outs["torch"].logprob, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(outs[impl].entropy, outs["torch"].entropy, rtol=1e-5, atol=1e-5)

@@ -51,7 +51,9 @@ def test_chunked_peak_does_not_grow_with_rows_times_vocab():
     v, h = 20_000, 16
     small, large = 256, 2048
     logits_growth = (large - small) * v * 4  # fp32 bytes the [M, V] logits add
-    chunked_growth = extra_peak_bytes(large, v, h, "torch_chunked") - extra_peak_bytes(small, v, h, "torch_chunked")
+    chunked_growth = extra_peak_bytes(large, v, h, "torch_chunked") - extra_peak_bytes(
+        small, v, h, "torch_chunked"
+    )
     naive_growth = extra_peak_bytes(large, v, h, "torch") - extra_peak_bytes(small, v, h, "torch")
     # The measurement sees the naive path's logits (so it can fail) ...
     assert naive_growth > logits_growth, (naive_growth, logits_growth)
