@@ -1,0 +1,197 @@
+"""Run metrics: ``metrics.jsonl`` always, TensorBoard and W&B when asked, PNG plots on demand.
+
+``metrics.jsonl`` (one ``{"step": s, ...}`` object per line, flushed as written) is the source of
+truth: plots are redrawn from it, and a resumed run truncates it to the checkpoint's step so that
+steps replayed after the resume are not logged twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_SUBDIR = "tensorboard"
+PLOTS_SUBDIR = "plots"
+WANDB_ID_FILE = "wandb_run_id"
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """Parse a metrics file. A torn last line (a crash mid-write) is dropped; any other bad line is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"metrics file not found: {path}")
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, start=1):
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict) or "step" not in record:
+                raise ValueError("not an object with a 'step' field")
+        except ValueError as exc:
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}:{number}: malformed metrics line ({exc}): {line[:80]!r}") from exc
+        records.append(record)
+    return records
+
+
+def plot_metrics(
+    metrics_path: str | Path, out_dir: str | Path, panels: Mapping[str, Sequence[str]]
+) -> list[Path]:
+    """Draw one PNG per panel (``{"reward": ["reward/mean", "accuracy"], "occ": ["occ/lam"]}``).
+
+    Each panel plots its series against step. Series not logged yet (e.g. eval accuracy before the
+    first eval) are left out, and a panel with none of its series gets no file; the written paths are
+    returned.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    records = read_metrics(metrics_path)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for panel, series in panels.items():
+        figure = Figure(figsize=(7, 4), dpi=100)
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot()
+        plotted = False
+        for key in series:
+            points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+            if points:
+                steps, values = zip(*points)
+                axes.plot(steps, values, label=key, marker="." if len(points) < 50 else None)
+                plotted = True
+        if not plotted:
+            continue
+        axes.set_xlabel("step")
+        axes.set_title(panel)
+        axes.grid(alpha=0.3)
+        axes.legend()
+        figure.tight_layout()
+        target = out_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', panel)}.png"
+        figure.savefig(target)
+        written.append(target)
+    return written
+
+
+class MetricsLogger:
+    """Writes each step's metrics to every enabled sink.
+
+    resume_step: continue an existing run from its checkpoint step; lines with a larger step are
+    dropped from metrics.jsonl (and TensorBoard events purged). Without it, an existing non-empty
+    metrics.jsonl is an error, so two runs never mix in one file.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | Path,
+        *,
+        tensorboard: bool = False,
+        wandb: bool = False,
+        wandb_project: str | None = None,
+        wandb_run_name: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        resume_step: int | None = None,
+    ) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.path = self.run_dir / METRICS_FILE
+        self._last_step = -1
+        if resume_step is not None:
+            self._truncate(resume_step)
+            self._last_step = resume_step
+        elif self.path.is_file() and self.path.stat().st_size > 0:
+            raise FileExistsError(
+                f"{self.path} already holds metrics: pass resume_step to continue that run, or use a new run_dir"
+            )
+        self._file = open(self.path, "a")  # noqa: SIM115 - lives as long as the logger
+        self._tensorboard = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            purge = resume_step + 1 if resume_step is not None else None
+            self._tensorboard = SummaryWriter(str(self.run_dir / TENSORBOARD_SUBDIR), purge_step=purge)
+        self._wandb = self._start_wandb(wandb_project, wandb_run_name, config) if wandb else None
+
+    def log(self, step: int, metrics: Mapping[str, Any]) -> None:
+        """Record ``metrics`` (numbers, bools, or one-element tensors/arrays) for ``step``."""
+        if step < self._last_step:
+            raise ValueError(
+                f"MetricsLogger.log: step {step} is before the last logged step {self._last_step}"
+            )
+        values = {key: _scalar(key, value) for key, value in metrics.items()}
+        if "step" in values:
+            raise ValueError("MetricsLogger.log: 'step' is reserved; pass it as the step argument")
+        self._file.write(json.dumps({"step": step, **values}) + "\n")
+        self._file.flush()
+        self._last_step = step
+        if self._tensorboard is not None:
+            for key, value in values.items():
+                self._tensorboard.add_scalar(key, value, step)
+            self._tensorboard.flush()
+        if self._wandb is not None:
+            self._wandb.log(values, step=step)
+
+    def plot(self, panels: Mapping[str, Sequence[str]]) -> list[Path]:
+        """Redraw the PNGs under ``run_dir/plots`` from everything logged so far."""
+        return plot_metrics(self.path, self.run_dir / PLOTS_SUBDIR, panels)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tensorboard is not None:
+            self._tensorboard.close()
+        if self._wandb is not None:
+            self._wandb.finish()
+
+    def __enter__(self) -> MetricsLogger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _truncate(self, resume_step: int) -> None:
+        if not self.path.is_file():
+            return
+        kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
+        tmp = self.path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        os.replace(tmp, self.path)
+
+    def _start_wandb(self, project: str | None, name: str | None, config: Mapping[str, Any] | None) -> Any:
+        try:
+            import wandb
+        except ImportError as exc:
+            raise ImportError(
+                "W&B logging was enabled but wandb is not installed: pip install wandb"
+            ) from exc
+        id_file = self.run_dir / WANDB_ID_FILE
+        if not id_file.is_file():  # one W&B run per run_dir, so resuming continues the same curves
+            id_file.write_text(wandb.util.generate_id())
+        return wandb.init(
+            project=project,
+            name=name,
+            config=dict(config or {}),
+            dir=str(self.run_dir),
+            id=id_file.read_text().strip(),
+            resume="allow",
+        )
+
+
+def _scalar(key: str, value: Any) -> float | int | bool:
+    if isinstance(value, (torch.Tensor, np.ndarray, np.generic)):
+        count = value.numel() if isinstance(value, torch.Tensor) else value.size
+        if count != 1:
+            raise ValueError(f"metric {key!r} has {count} elements; log a scalar")
+        value = value.item()
+    if isinstance(value, (bool, int, float)):
+        return value
+    raise TypeError(f"metric {key!r} is a {type(value).__name__}; metrics must be numbers")
