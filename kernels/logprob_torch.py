@@ -43,12 +43,13 @@ class ChunkedLinearLogprob(torch.autograd.Function):
         m = hidden.shape[0]
         logprob = hidden.new_zeros(m, dtype=torch.float32)
         entropy = hidden.new_zeros(m, dtype=torch.float32)
-        lse = hidden.new_zeros(m, dtype=torch.float32)
+        row_max = hidden.new_zeros(m, dtype=torch.float32)
+        log_sumexp = hidden.new_zeros(m, dtype=torch.float32)
         for start in range(0, m, chunk_rows):
             rows = slice(start, min(start + chunk_rows, m))
             z = (hidden[rows].float() @ weight32.t()) * inv_temperature[rows, None]
-            lse[rows], logprob[rows], entropy[rows] = row_stats(z, targets[rows])
-        ctx.save_for_backward(hidden, weight, targets, inv_temperature, valid, lse, entropy)
+            row_max[rows], log_sumexp[rows], logprob[rows], entropy[rows] = row_stats(z, targets[rows])
+        ctx.save_for_backward(hidden, weight, targets, inv_temperature, valid, row_max, log_sumexp, entropy)
         ctx.chunk_rows = chunk_rows
         zero = torch.zeros_like(logprob)
         return torch.where(valid, logprob, zero), (
@@ -57,7 +58,7 @@ class ChunkedLinearLogprob(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_logprob, grad_entropy):
-        hidden, weight, targets, inv_temperature, valid, lse, entropy = ctx.saved_tensors
+        hidden, weight, targets, inv_temperature, valid, row_max, log_sumexp, entropy = ctx.saved_tensors
         weight32 = weight.float()
         g1, g2 = _row_grads(grad_logprob, grad_entropy, valid)
         grad_hidden = torch.zeros(hidden.shape, dtype=torch.float32, device=hidden.device)
@@ -67,7 +68,9 @@ class ChunkedLinearLogprob(torch.autograd.Function):
             rows = slice(start, min(start + ctx.chunk_rows, m))
             h = hidden[rows].float()
             z = (h @ weight32.t()) * inv_temperature[rows, None]
-            dlogits = logit_grad(z, targets[rows], lse[rows], entropy[rows], g1[rows], g2[rows])
+            dlogits = logit_grad(
+                z, targets[rows], row_max[rows], log_sumexp[rows], entropy[rows], g1[rows], g2[rows]
+            )
             dlogits *= inv_temperature[rows, None]
             grad_hidden[rows] = dlogits @ weight32
             grad_weight.addmm_(dlogits.t(), h)

@@ -14,12 +14,15 @@ chunk's share to an fp32 ``dW``. Extra memory is O(chunk x V) plus the fp32 ``dW
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
 import triton
 import triton.language as tl
 
 from .logprob_torch import _row_grads
+
+logger = logging.getLogger(__name__)
 
 
 @triton.jit
@@ -103,7 +106,8 @@ def _dlogits_kernel(
     weight_ptr,
     targets_ptr,
     inv_temp_ptr,
-    lse_ptr,
+    row_max_ptr,
+    log_sumexp_ptr,
     entropy_ptr,
     g_logprob_ptr,
     g_entropy_ptr,
@@ -144,10 +148,11 @@ def _dlogits_kernel(
         acc = tl.dot(h, tl.trans(w), acc, input_precision=DOT_PRECISION)
 
     inv_temp = tl.load(inv_temp_ptr + offs_m, mask=row_ok, other=1.0)
-    lse = tl.load(lse_ptr + offs_m, mask=row_ok, other=0.0)
+    row_max = tl.load(row_max_ptr + offs_m, mask=row_ok, other=0.0)
+    log_sumexp = tl.load(log_sumexp_ptr + offs_m, mask=row_ok, other=0.0)
     g1 = tl.load(g_logprob_ptr + offs_m, mask=row_ok, other=0.0)
     targets = tl.load(targets_ptr + offs_m, mask=row_ok, other=-1)
-    logp = acc * inv_temp[:, None] - lse[:, None]
+    logp = (acc * inv_temp[:, None] - row_max[:, None]) - log_sumexp[:, None]
     p = tl.exp(logp)
     if WITH_ENTROPY:
         g2 = tl.load(g_entropy_ptr + offs_m, mask=row_ok, other=0.0)
@@ -191,7 +196,7 @@ def _dot_precision(dtype: torch.dtype) -> str:
 
 
 def triton_forward(hidden, weight, targets, inv_temperature, with_entropy):
-    """Return ``(lse, logprob, entropy)`` in fp32, unmasked (``entropy`` None unless asked)."""
+    """Return ``(row_max, log_sumexp, logprob, entropy)`` in fp32, unmasked (``entropy`` None unless asked)."""
     m, h_dim = hidden.shape
     vocab = weight.shape[0]
     cfg = _blocks(hidden.dtype, hidden.device)
@@ -224,16 +229,16 @@ def triton_forward(hidden, weight, targets, inv_temperature, with_entropy):
     row_max = run_max.amax(0)
     scale = torch.exp(run_max - row_max)
     sumexp = (run_sum * scale).sum(0)
-    lse = row_max + torch.log(sumexp)
-    logprob = target_logit.sum(0) - lse
+    log_sumexp = torch.log(sumexp)
+    logprob = (target_logit.sum(0) - row_max) - log_sumexp
     if not with_entropy:
-        return lse, logprob, None
+        return row_max, log_sumexp, logprob, None
     # sum_j p_j (z_j - row_max), each slice's sum moved from its own max to the row's max.
     shifted = ((run_sum_shifted + (run_max - row_max) * run_sum) * scale).sum(0) / sumexp
-    return lse, logprob, torch.log(sumexp) - shifted
+    return row_max, log_sumexp, logprob, log_sumexp - shifted
 
 
-def triton_dlogits(hidden, weight, targets, inv_temperature, lse, entropy, g1, g2, out):
+def triton_dlogits(hidden, weight, targets, inv_temperature, row_max, log_sumexp, entropy, g1, g2, out):
     """Write ``d sum(g1 * logprob + g2 * entropy) / d(hidden @ weight.T)`` for these rows into ``out``."""
     m, h_dim = hidden.shape
     vocab = weight.shape[0]
@@ -245,8 +250,9 @@ def triton_dlogits(hidden, weight, targets, inv_temperature, lse, entropy, g1, g
         weight,
         targets,
         inv_temperature,
-        lse,
-        entropy if with_entropy else lse,
+        row_max,
+        log_sumexp,
+        entropy if with_entropy else row_max,
         g1,
         g2 if with_entropy else g1,
         out,
@@ -263,11 +269,28 @@ def triton_dlogits(hidden, weight, targets, inv_temperature, lse, entropy, g1, g
 
 
 def _accumulate_weight_grad(grad_weight: torch.Tensor, dlogits: torch.Tensor, hidden: torch.Tensor) -> None:
-    """``grad_weight (fp32) += dlogits.T @ hidden`` with fp32 accumulation for any input dtype."""
+    """``grad_weight (fp32) += dlogits.T @ hidden``, accumulated in fp32 for any input dtype.
+
+    bf16/fp16 operands use cuBLAS with an fp32 output (``out_dtype``), so no chunk's share is
+    rounded to the input dtype; torch builds without it add a rounded per-chunk product instead.
+    """
     if dlogits.dtype == torch.float32:
         grad_weight.addmm_(dlogits.t(), hidden)
-    else:
+    elif _has_fp32_out_addmm():
         torch.addmm(grad_weight, dlogits.t(), hidden, out_dtype=torch.float32, out=grad_weight)
+    else:
+        grad_weight.add_(dlogits.t() @ hidden)
+
+
+@functools.cache
+def _has_fp32_out_addmm() -> bool:
+    try:
+        a = torch.zeros(16, 16, device="cuda", dtype=torch.bfloat16)
+        torch.addmm(torch.zeros(16, 16, device="cuda"), a, a, out_dtype=torch.float32)
+    except (TypeError, RuntimeError, NotImplementedError):
+        logger.warning("torch.addmm has no fp32 out_dtype here: dW chunks are rounded to bf16/fp16 once each")
+        return False
+    return True
 
 
 class TritonLinearLogprob(torch.autograd.Function):
@@ -275,8 +298,10 @@ class TritonLinearLogprob(torch.autograd.Function):
     def forward(ctx, hidden, weight, targets, inv_temperature, valid, return_entropy, chunk_rows):
         hidden = hidden.contiguous()
         weight = weight.contiguous()
-        lse, logprob, entropy = triton_forward(hidden, weight, targets, inv_temperature, return_entropy)
-        ctx.save_for_backward(hidden, weight, targets, inv_temperature, valid, lse, entropy)
+        row_max, log_sumexp, logprob, entropy = triton_forward(
+            hidden, weight, targets, inv_temperature, return_entropy
+        )
+        ctx.save_for_backward(hidden, weight, targets, inv_temperature, valid, row_max, log_sumexp, entropy)
         ctx.chunk_rows = chunk_rows
         zero = torch.zeros_like(logprob)
         return torch.where(valid, logprob, zero), (
@@ -285,7 +310,7 @@ class TritonLinearLogprob(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_logprob, grad_entropy):
-        hidden, weight, targets, inv_temperature, valid, lse, entropy = ctx.saved_tensors
+        hidden, weight, targets, inv_temperature, valid, row_max, log_sumexp, entropy = ctx.saved_tensors
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         g1, g2 = _row_grads(grad_logprob, grad_entropy, valid)
         if entropy is None:
@@ -306,7 +331,8 @@ class TritonLinearLogprob(torch.autograd.Function):
                 weight,
                 targets[rows],
                 inv_temperature[rows],
-                lse[rows],
+                row_max[rows],
+                log_sumexp[rows],
                 None if g2 is None else entropy[rows],
                 g1[rows],
                 None if g2 is None else g2[rows],

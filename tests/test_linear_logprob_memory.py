@@ -1,10 +1,10 @@
 """The chunked path's extra memory does not grow with M x V (the naive path's does).
 
-Peak memory is read as the growth of the process's resident high-water mark (``ru_maxrss``)
-while one fwd+bwd runs, in a fresh interpreter per measurement so that earlier allocations do not
-mask it, and with glibc's mmap threshold fixed so that freed chunk buffers go back to the system
-(glibc otherwise raises the threshold after the first large free and keeps later buffers on a
-heap that only grows). Sizes are chosen so that the ``[M, V]`` logits (fp32) are over 100 MB.
+Peak memory is the growth of the process's resident high-water mark while one fwd+bwd runs
+(``occ_fast.memory``), in a fresh interpreter per measurement, with glibc's mmap threshold fixed
+so that freed chunk buffers go back to the system (glibc otherwise raises the threshold after the
+first large free and keeps later buffers on a heap that only grows). Sizes are chosen so that
+the ``[M, V]`` logits (fp32) are over 100 MB.
 """
 
 from __future__ import annotations
@@ -16,8 +16,11 @@ import sys
 
 import pytest
 
+from occ_fast import memory
+
 _MEASURE = r"""
-import json, resource, sys, torch
+import json, sys, torch
+from occ_fast import memory
 from occ_fast.kernels import linear_logprob
 m, v, h, impl = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 torch.manual_seed(0)
@@ -26,11 +29,11 @@ weight = torch.randn(v, h, requires_grad=True)
 targets = torch.randint(0, v, (m,))
 hidden.grad = torch.zeros_like(hidden)
 weight.grad = torch.zeros_like(weight)
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+memory.reset_peak_rss()
+before = memory.rss_bytes()
 out = linear_logprob(hidden, weight, targets, return_entropy=True, impl=impl, chunk_rows=128)
 (out.logprob.sum() + out.entropy.sum()).backward()
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"extra_bytes": (after - before) * 1024}))
+print(json.dumps({"extra_bytes": memory.peak_rss_bytes() - before}))
 """
 
 
@@ -46,7 +49,7 @@ def extra_peak_bytes(m: int, v: int, h: int, impl: str) -> int:
     return json.loads(result.stdout.strip().splitlines()[-1])["extra_bytes"]
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="ru_maxrss in KiB is Linux's convention")
+@pytest.mark.skipif(not memory.supported(), reason="needs Linux's /proc/self/clear_refs")
 def test_chunked_peak_does_not_grow_with_rows_times_vocab():
     v, h = 20_000, 16
     small, large = 256, 2048
