@@ -11,7 +11,8 @@ from . import logprob_torch
 
 Impl = Literal["auto", "triton", "torch_chunked", "torch"]
 _FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-DEFAULT_CHUNK_BYTES = 256 * 1024 * 1024
+CHUNKED_TORCH_BYTES = 256 * 1024 * 1024  # fp32 logits plus a few same-size temporaries per chunk
+TRITON_DLOGITS_BYTES = 1024 * 1024 * 1024  # one dlogits buffer; large chunks keep the GEMMs efficient
 
 
 @dataclass
@@ -44,8 +45,9 @@ def linear_logprob(
         return_entropy: also return the entropy of each row's softmax.
         impl: ``triton`` (CUDA, or the interpreter), ``torch_chunked`` (any device, O(chunk x V)
             memory), ``torch`` (naive reference), ``auto`` (Triton on CUDA, chunked elsewhere).
-        chunk_rows: rows per chunk for the chunked paths; by default sized so that one chunk's
-            fp32 logits take about 256 MiB.
+        chunk_rows: rows per chunk (``torch_chunked``: forward and backward; ``triton``: the
+            backward's ``dlogits`` buffer). By default about 256 MiB of fp32 logits per chunk for
+            ``torch_chunked`` and a 1 GiB ``dlogits`` buffer (a multiple of 128 rows) for Triton.
 
     Differentiable with respect to ``hidden`` and ``weight`` through both outputs, with any
     per-row upstream gradients. Math is fp32 whatever the input dtype. No host synchronisation
@@ -58,7 +60,7 @@ def linear_logprob(
     if impl == "auto":
         impl = "triton" if hidden.is_cuda else "torch_chunked"
     if chunk_rows is None:
-        chunk_rows = max(16, DEFAULT_CHUNK_BYTES // (4 * weight.shape[0]))
+        chunk_rows = _default_chunk_rows(impl, weight)
     elif chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
 
@@ -79,6 +81,14 @@ def linear_logprob(
     else:
         raise ValueError(f"impl must be one of auto, triton, torch_chunked, torch; got {impl!r}")
     return LinearLogprobOutput(logprob, entropy if return_entropy else None)
+
+
+def _default_chunk_rows(impl: str, weight: torch.Tensor) -> int:
+    vocab = weight.shape[0]
+    if impl == "triton":
+        rows = TRITON_DLOGITS_BYTES // (weight.element_size() * vocab)
+        return max(128, rows // 128 * 128)
+    return max(16, CHUNKED_TORCH_BYTES // (4 * vocab))
 
 
 def _check_inputs(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> None:
