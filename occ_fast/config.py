@@ -171,6 +171,8 @@ class DataConfig:
     """Synthetic task: operators drawn from."""
     eval_fraction: float = 0.1
     """Synthetic task: share of problems held out for evaluation (never drawn for training)."""
+    train_problems: int = 2048
+    """Synthetic task: distinct training problems drawn once; the sampler cycles through them in epochs."""
     prompts_per_step: int = 8
     """Prompts per RL step (each sampled rollout.n times)."""
     seed: int = 0
@@ -612,6 +614,7 @@ def _problems(cfg: Config) -> list[str]:
     need(len(data.ops) >= 1, "data.ops must name at least one operator")
     need(0.0 < data.eval_fraction < 1.0, f"data.eval_fraction must be in (0, 1), got {data.eval_fraction}")
     need(data.prompts_per_step >= 1, f"data.prompts_per_step must be >= 1, got {data.prompts_per_step}")
+    need(data.train_problems >= 1, f"data.train_problems must be >= 1, got {data.train_problems}")
 
     # reward
     need(

@@ -22,8 +22,14 @@ SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN)
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
-def train_bpe_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> PreTrainedTokenizerFast:
+def train_bpe_tokenizer(
+    corpus: Iterable[str], vocab_size: int = 512, *, split_digits: bool = False
+) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE on ``corpus`` and wrap it with pad/bos/eos tokens.
+
+    ``split_digits`` keeps every digit a token of its own (as Qwen and Llama 3 tokenizers do), so
+    that numbers are written digit by digit: arithmetic becomes learnable by a tiny model and its
+    answers span several tokens, which is what an MTP head needs to have something to predict.
 
     Byte-level pre-tokenisation makes encode/decode lossless for any text (spaces, digits, unicode),
     so arithmetic prompts and answers round-trip exactly. Special tokens get ids 0 (pad), 1 (bos),
@@ -39,7 +45,12 @@ def train_bpe_tokenizer(corpus: Iterable[str], vocab_size: int = 512) -> PreTrai
             "(256 byte tokens + 3 special tokens)"
         )
     backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        if split_digits
+        else byte_level
+    )
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,

@@ -27,7 +27,8 @@ def _to(device, x):
 
 
 def _back(out):
-    return LinearLogprobOutput(out.logprob.cpu(), None if out.entropy is None else out.entropy.cpu())
+    entropy = None if out.entropy is None else out.entropy.cpu()
+    return LinearLogprobOutput(out.logprob.cpu(), entropy, out.max_logprob.cpu())
 
 
 def linear_logprob(hidden, weight, targets, *, impl="auto", **kwargs):
@@ -137,6 +138,22 @@ def test_large_logits_no_worse_than_torch_fp32(impl):
     for name, o, n, r in zip(("logprob", "entropy", "grad_hidden", "grad_weight"), ours, naive, reference):
         assert torch.isfinite(o).all(), name
         assert _rel_err(o, r) <= 10 * _rel_err(n, r) + 1e-6, (name, _rel_err(o, r), _rel_err(n, r))
+
+
+@pytest.mark.parametrize("impl", IMPLS + ["torch"])
+def test_max_logprob_marks_argmax_targets(impl):
+    hidden, weight, targets = make_inputs(45, 24, 97, scale=6.0)
+    logits = hidden.double() @ weight.double().t()
+    argmax = logits.argmax(-1)
+    targets[::2] = argmax[::2]  # half the rows target their most likely token
+    targets[5] = -100
+    out = linear_logprob(hidden, weight, targets, impl=impl)
+    valid = targets != -100
+    want = torch.where(valid, torch.log_softmax(logits, -1).amax(-1), 0.0)
+    torch.testing.assert_close(out.max_logprob.double(), want, rtol=1e-5, atol=1e-5)
+    hit = (out.logprob >= out.max_logprob - 1e-6) & valid
+    assert torch.equal(hit, (targets == argmax) & valid)
+    assert out.max_logprob.grad_fn is None
 
 
 @pytest.mark.parametrize("impl", IMPLS)

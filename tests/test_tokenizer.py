@@ -53,3 +53,10 @@ def test_clear_errors(tmp_path):
         train_bpe_tokenizer([])
     with pytest.raises(ValueError, match="vocab_size=100 is below 259"):
         train_bpe_tokenizer(CORPUS, vocab_size=100)
+
+
+def test_split_digits_writes_numbers_digit_by_digit():
+    tok = train_bpe_tokenizer(["12 + 34 = 46", "99 + 1 = 100"] * 50, split_digits=True)
+    ids = tok(" 100", add_special_tokens=False)["input_ids"]
+    assert [tok.decode([i]) for i in ids][-3:] == ["1", "0", "0"]
+    assert tok.decode(ids) == " 100"

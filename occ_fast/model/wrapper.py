@@ -37,7 +37,8 @@ class MTPForwardOutput:
 
 
 class MTPModel(nn.Module):
-    """``base`` (any HF decoder-only causal LM with Llama-style layers) with ``len(mtp)`` MTP depths.
+    """``base`` (any HF decoder-only causal LM with Llama-style layers) with ``len(mtp)`` MTP depths
+    (``K = 0`` is the plain model: the ``none`` regime).
 
     Gradient routing: ``detach_trunk`` detaches the trunk hidden state and the token embedding at
     the MTP input (the "detach" regime); ``detach_lm_head`` detaches the embedding at the MTP input
@@ -55,8 +56,6 @@ class MTPModel(nn.Module):
         detach_lm_head: bool = False,
     ):
         super().__init__()
-        if len(mtp) < 1:
-            raise ValueError("MTPModel needs at least one MTP layer (K >= 1)")
         if getattr(base.get_output_embeddings(), "bias", None) is not None:
             raise ValueError(
                 "lm_head with a bias is not supported: the fused log-prob kernel takes a weight only"

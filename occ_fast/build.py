@@ -1,0 +1,110 @@
+"""Build the run's tokenizer, model and datasets from the config.
+
+``model.name_or_path`` unset means the offline tiny setting: a byte-level BPE trained on the
+synthetic task's text and a random-init model of ``model.tiny`` sizes with fresh MTP heads.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
+
+from occ_fast.config import Config
+from occ_fast.data import ArithmeticTask, PromptRecord, load_prompt_file
+from occ_fast.model import MTPModel, load_mtp_model
+from occ_fast.tokenizer import load_tokenizer, train_bpe_tokenizer
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(cfg: Config) -> torch.device:
+    if cfg.train.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device='cuda' but no CUDA device is available")
+    if cfg.train.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.train.device)
+
+
+def model_dtype(cfg: Config, device: torch.device) -> torch.dtype:
+    if cfg.model.dtype == "bf16":
+        return torch.bfloat16
+    if cfg.model.dtype == "fp32":
+        return torch.float32
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def synthetic_task(cfg: Config) -> ArithmeticTask:
+    return ArithmeticTask(
+        digits=cfg.data.digits, ops=tuple(cfg.data.ops), eval_fraction=cfg.data.eval_fraction
+    )
+
+
+def build_tokenizer(cfg: Config) -> PreTrainedTokenizerBase:
+    if cfg.model.name_or_path:
+        return load_tokenizer(cfg.model.name_or_path)
+    corpus = [f"{r.prompt} {r.answer}" for r in synthetic_task(cfg).sample("train", 512, seed=cfg.data.seed)]
+    return train_bpe_tokenizer(corpus, vocab_size=cfg.model.tiny.vocab_size, split_digits=True)
+
+
+def build_model(cfg: Config, tokenizer: PreTrainedTokenizerBase, device: torch.device) -> MTPModel:
+    dtype = model_dtype(cfg, device)
+    detach = {"detach_trunk": cfg.mtp.detach_trunk, "detach_lm_head": cfg.mtp.detach_lm_head}
+    heads = cfg.model.mtp_heads if cfg.mtp.regime != "none" else 0
+    if cfg.model.name_or_path:
+        return load_mtp_model(
+            cfg.model.name_or_path,
+            num_mtp=heads or None,
+            mtp_init=cfg.model.mtp_init,
+            dtype=dtype,
+            device=device,
+            attn_implementation=cfg.model.attn_implementation,
+            use_liger=cfg.model.use_liger,
+            **detach,
+        )
+    tiny = cfg.model.tiny
+    config_cls, model_cls = (
+        (Qwen2Config, Qwen2ForCausalLM) if tiny.arch == "qwen2" else (LlamaConfig, LlamaForCausalLM)
+    )
+    hf_config = config_cls(
+        vocab_size=len(tokenizer),
+        hidden_size=tiny.hidden_size,
+        intermediate_size=tiny.intermediate_size,
+        num_hidden_layers=tiny.num_layers,
+        num_attention_heads=tiny.num_heads,
+        num_key_value_heads=tiny.num_kv_heads,
+        max_position_embeddings=4096,
+        tie_word_embeddings=False,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(cfg.train.seed)
+    base = model_cls(hf_config).to(device=device, dtype=dtype)
+    logger.info("built a random-init %s model: %.2fM parameters", tiny.arch, base.num_parameters() / 1e6)
+    return MTPModel.from_base(base, heads, attn_implementation=cfg.model.attn_implementation, **detach)
+
+
+def train_records(cfg: Config) -> list[PromptRecord]:
+    if cfg.data.source == "synthetic":
+        return synthetic_task(cfg).sample("train", cfg.data.train_problems, seed=cfg.data.seed)
+    dataset = load_prompt_file(
+        cfg.data.path,
+        prompt_field=cfg.data.prompt_field,
+        answer_field=cfg.data.answer_field,
+        on_error=cfg.data.on_error,
+    )
+    if dataset.num_skipped:
+        logger.warning("%s: skipped %d malformed rows", cfg.data.path, dataset.num_skipped)
+    return list(dataset.records)
+
+
+def eval_records(cfg: Config) -> list[PromptRecord]:
+    """The held-out problems for periodic evaluation (the synthetic eval split, or ``eval.path``)."""
+    if cfg.eval.path:
+        dataset = load_prompt_file(
+            cfg.eval.path, prompt_field=cfg.data.prompt_field, answer_field=cfg.data.answer_field
+        )
+        return list(dataset.records)[: cfg.eval.num_problems]
+    return synthetic_task(cfg).sample("eval", cfg.eval.num_problems, seed=cfg.data.seed)

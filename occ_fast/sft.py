@@ -1,0 +1,68 @@
+"""Supervised warm-start on prompt/answer pairs, so that a fresh model's first rollouts earn reward.
+
+Trains the main head and every MTP head with cross-entropy on the answer tokens (the MTP heads
+learn to predict the same tokens two and more steps ahead, as in pretraining).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from occ_fast.batching import Sample, make_micro_batches
+from occ_fast.data import PromptRecord
+from occ_fast.forward import policy_logprobs
+from occ_fast.model import MTPModel
+from occ_fast.prompts import encode_prompt
+
+
+def supervised_samples(tokenizer: PreTrainedTokenizerBase, records: Sequence[PromptRecord]) -> list[Sample]:
+    """Prompt followed by `` answer<eos>`` as the response."""
+    samples = []
+    for record in records:
+        answer = tokenizer(" " + record.answer, add_special_tokens=False)["input_ids"] + [
+            tokenizer.eos_token_id
+        ]
+        samples.append(Sample(encode_prompt(tokenizer, record), answer, torch.zeros(len(answer)), 0.0))
+    return samples
+
+
+def warm_start(
+    model: MTPModel,
+    tokenizer: PreTrainedTokenizerBase,
+    records: Sequence[PromptRecord],
+    *,
+    steps: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    token_budget: int,
+    on_step: Callable[[int, float], None] | None = None,
+) -> float:
+    """Run ``steps`` AdamW steps of answer-token cross-entropy; return the last step's main-head loss."""
+    device = next(model.parameters()).device
+    samples = supervised_samples(tokenizer, records)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    rng = random.Random(seed)
+    model.train()
+    main_loss = float("nan")
+    for step in range(steps):
+        batch = rng.sample(samples, min(batch_size, len(samples)))
+        num_tokens = sum(len(s.response_ids) for s in batch)
+        optimizer.zero_grad(set_to_none=True)
+        total_main = torch.zeros((), device=device)
+        for micro in make_micro_batches(batch, token_budget=token_budget, pad_id=tokenizer.pad_token_id):
+            out = policy_logprobs(model, micro.to(device), temperature=1.0)
+            main = -out.heads[0].logprob.sum() / num_tokens
+            mtp = sum(-h.logprob.sum() / num_tokens for h in out.heads[1:])
+            (main + mtp).backward()
+            total_main += main.detach()
+        optimizer.step()
+        main_loss = float(total_main)
+        if on_step is not None:
+            on_step(step, main_loss)
+    optimizer.zero_grad(set_to_none=True)
+    return main_loss

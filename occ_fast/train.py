@@ -1,0 +1,569 @@
+"""GRPO/DAPO training with jointly trained MTP heads: ``python -m occ_fast.train [--preset NAME] [--field value ...]``.
+
+With no arguments it runs the ``tiny`` preset on a laptop CPU: a small random model with one MTP
+head is warm-started on synthetic arithmetic, then trained with GRPO and the OCC-calibrated MTP
+term. :func:`rl_step` is one RL step, top to bottom; each stage is a call into its own module.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from transformers import PreTrainedTokenizerBase
+
+from occ_fast.algorithm import (
+    LossConfig,
+    compute_loss,
+    grpo_advantages,
+    overlong_penalty,
+    zero_variance_groups,
+)
+from occ_fast.batching import MicroBatch, Sample, make_micro_batches
+from occ_fast.build import build_model, build_tokenizer, eval_records, resolve_device, train_records
+from occ_fast.checkpoint import find_latest, load_checkpoint, save_checkpoint
+from occ_fast.config import Config, ConfigError, parse_config
+from occ_fast.data import PromptRecord, PromptSampler
+from occ_fast.evaluation import evaluate
+from occ_fast.forward import policy_logprobs
+from occ_fast.metrics import MetricsLogger
+from occ_fast.model import MTPModel, save_mtp_model
+from occ_fast.optim import build_optimizer, build_scheduler
+from occ_fast.prompts import encode_prompt
+from occ_fast.rewards import RewardScorer
+from occ_fast.rollout import RolloutEngine, RolloutResult, SamplingParams, TransformersEngine
+from occ_fast.sft import warm_start
+
+logger = logging.getLogger("occ_fast")
+
+PLOTS = {
+    "reward": ["reward/mean", "reward/accuracy", "eval/avg_at_k"],
+    "occ_lambda": ["mtp/lam", "mtp/lam_min", "mtp/lam_max"],
+    "occ_proxy": ["mtp/c_hat", "mtp/v2_hat"],
+    "mtp_accuracy": ["mtp/accuracy"],
+    "entropy": ["policy/entropy"],
+}
+
+
+@dataclass
+class Run:
+    """Everything a step needs, built once by :func:`setup`."""
+
+    cfg: Config
+    device: torch.device
+    tokenizer: PreTrainedTokenizerBase
+    model: MTPModel
+    engine: RolloutEngine
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    records: list[PromptRecord]
+    sampler: PromptSampler
+    scorer: RewardScorer
+    loss_cfg: LossConfig
+    metrics: MetricsLogger
+    progress: Progress
+    autocast_dtype: torch.dtype | None
+    start_step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@dataclass
+class Summary:
+    run_dir: Path
+    steps: int
+    reward_start: float
+    reward_end: float
+    final_lam: float | None
+    eval_accuracy: float | None
+    nan_skipped: int
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    console = Console(stderr=True)
+    logging.basicConfig(
+        level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)]
+    )
+    try:
+        cfg = parse_config(list(sys.argv[1:] if argv is None else argv))
+    except ConfigError as err:
+        console.print(f"[bold red]invalid configuration[/]\n{err}")
+        return 2
+    summary = train(cfg, console=console)
+    lam = "n/a" if summary.final_lam is None else f"{summary.final_lam:+.4f}"
+    acc = "n/a" if summary.eval_accuracy is None else f"{summary.eval_accuracy:.3f}"
+    console.print(
+        f"[bold]done[/] {summary.steps} steps | reward {summary.reward_start:.3f} -> {summary.reward_end:.3f}"
+        f" | final lam {lam} | held-out accuracy {acc} | NaN steps skipped {summary.nan_skipped}\n"
+        f"run directory: {summary.run_dir}"
+    )
+    return 0
+
+
+def train(cfg: Config, *, console: Console | None = None) -> Summary:
+    """Run (or resume) training as configured; returns what the final report shows."""
+    console = console or Console(stderr=True)
+    run = setup(cfg, console)
+    with run.progress:
+        steps = run.progress.add_task("RL steps", total=cfg.train.steps, completed=run.start_step)
+        for step in range(run.start_step, cfg.train.steps):
+            metrics = rl_step(run, step)
+            if cfg.eval.every and ((step + 1) % cfg.eval.every == 0 or step + 1 == cfg.train.steps):
+                metrics.update(run_eval(run, step))
+            run.metrics.log(step, metrics)
+            run.history.append(metrics)
+            if step % cfg.run.log_every == 0 or step + 1 == cfg.train.steps:
+                run.progress.console.print(step_line(step, metrics))
+            if (step + 1) % cfg.run.save_every == 0 or step + 1 == cfg.train.steps:
+                save(run, step)
+            if (step + 1) % cfg.run.plot_every == 0:
+                run.metrics.plot(PLOTS)
+            run.progress.advance(steps)
+    run.metrics.plot(PLOTS)
+    run.metrics.close()
+    run.scorer.close()
+    save_mtp_model(run.model, cfg.run_dir / "model", tokenizer=run.tokenizer)
+    return summarize(run)
+
+
+def rl_step(run: Run, step: int) -> dict[str, float]:
+    """One RL step: prompts -> rollouts -> rewards -> advantages -> old log-probs -> updates -> sync."""
+    cfg, timings = run.cfg, {}
+    t0 = time.perf_counter()
+
+    # 1-3. Sample prompts, roll out n completions each, score them (refilling zero-variance groups
+    # when dynamic sampling is on).
+    groups, reward_stats = collect_groups(run, step)
+    timings["time/rollout_and_reward_s"] = time.perf_counter() - t0
+
+    # 4. Group-normalised advantages, one per completion.
+    rewards = torch.tensor([r for group in groups for r in group.rewards])
+    advantages = grpo_advantages(rewards, cfg.rollout.n)
+    samples = [
+        Sample(result.prompt_token_ids, result.token_ids, result.logprobs, float(adv))
+        for result, adv in zip((r for group in groups for r in group.results), advantages.advantages)
+    ]
+
+    # 5. Mini-batches of whole groups, each split into micro-batches; old log-probs before any update.
+    t1 = time.perf_counter()
+    minis = mini_batches(run, samples)
+    old_logprobs = [[old_main_logprobs(run, micro) for micro in micros] for _, micros in minis]
+    timings["time/old_logprobs_s"] = time.perf_counter() - t1
+
+    # 6. Policy updates: one optimizer step per mini-batch.
+    t2 = time.perf_counter()
+    update = UpdateStats()
+    for (mini_samples, micros), olds in zip(minis, old_logprobs):
+        update_mini_batch(run, mini_samples, micros, olds, update)
+    run.scheduler.step()
+    timings["time/update_s"] = time.perf_counter() - t2
+
+    # 7. The rollout engine samples from the new weights next step.
+    run.engine.sync_weights(run.model.base)
+
+    # 8. Metrics (the only host syncs of the step happen here).
+    timings["time/step_s"] = time.perf_counter() - t0
+    return {
+        **reward_stats,
+        "reward/zero_std_groups": advantages.num_zero_std,
+        "response/length_mean": sum(len(s.response_ids) for s in samples) / len(samples),
+        "optim/lr": run.scheduler.get_last_lr()[0],
+        **update.summary(),
+        **timings,
+    }
+
+
+@dataclass
+class Group:
+    record: PromptRecord
+    results: list[RolloutResult]
+    rewards: list[float]
+
+
+def collect_groups(run: Run, step: int) -> tuple[list[Group], dict[str, float]]:
+    cfg = run.cfg
+    wanted = cfg.data.prompts_per_step
+    kept: list[Group] = []
+    stats = defaultdict(float)
+    rounds = 0
+    while len(kept) < wanted:
+        rounds += 1
+        records = [run.records[i] for i in run.sampler.next_batch(wanted - len(kept))]
+        groups, round_stats = rollout_and_score(run, records, step)
+        for key, value in round_stats.items():
+            stats[key] += value
+        if not cfg.algorithm.dynamic_sampling:
+            kept = groups
+            break
+        flat = torch.tensor([r for g in groups for r in g.rewards])
+        zero = zero_variance_groups(flat, cfg.rollout.n).tolist()
+        kept += [g for g, z in zip(groups, zero) if not z]
+        if rounds >= cfg.algorithm.dynamic_sampling_max_rounds and len(kept) < wanted:
+            logger.warning(
+                "step %d: dynamic sampling kept %d of %d groups after %d rounds; training on all sampled",
+                step, len(kept), wanted, rounds,
+            )  # fmt: skip
+            kept += [g for g, z in zip(groups, zero) if z][: wanted - len(kept)]
+    all_rewards = [r for g in kept for r in g.rewards]
+    return kept, {
+        "reward/mean": sum(all_rewards) / len(all_rewards),
+        "reward/accuracy": sum(r > 0 for r in all_rewards) / len(all_rewards),
+        "reward/timeouts": stats["timeouts"],
+        "reward/errors": stats["errors"],
+        "rollout/empty_completions": stats["empty"],
+        "rollout/truncated": stats["truncated"],
+        "rollout/rounds": rounds,
+    }
+
+
+def rollout_and_score(
+    run: Run, records: list[PromptRecord], step: int
+) -> tuple[list[Group], dict[str, float]]:
+    cfg, tok = run.cfg, run.tokenizer
+    params = SamplingParams(
+        max_new_tokens=cfg.rollout.max_new_tokens,
+        temperature=cfg.rollout.temperature,
+        top_p=cfg.rollout.top_p,
+        top_k=cfg.rollout.top_k,
+        n=cfg.rollout.n,
+        eos_token_ids=(tok.eos_token_id,),
+    )
+    task = run.progress.add_task(f"step {step}: rollouts", total=len(records) * cfg.rollout.n)
+    results = run.engine.generate(
+        [encode_prompt(tok, r) for r in records],
+        params,
+        progress=lambda done, total: run.progress.update(task, completed=done),
+    )
+    run.progress.remove_task(task)
+    texts = [tok.decode(r.content_ids) for r in results]
+    truths = [records[r.prompt_index].answer for r in results]
+    scored = run.scorer.score(texts, truths)
+    for message in scored.errors:
+        logger.warning("step %d reward: %s", step, message)
+    rewards = torch.tensor(scored.rewards, dtype=torch.float32)
+    if cfg.reward.overlong_penalty:
+        lengths = [len(r.token_ids) for r in results]
+        penalty = overlong_penalty(lengths, cfg.rollout.max_new_tokens, cfg.algorithm.overlong_buffer)
+        rewards = rewards + cfg.algorithm.overlong_penalty_factor * penalty
+    n = cfg.rollout.n
+    groups = [
+        Group(record, results[i * n : (i + 1) * n], rewards[i * n : (i + 1) * n].tolist())
+        for i, record in enumerate(records)
+    ]
+    return groups, {
+        "timeouts": scored.num_timeouts,
+        "errors": scored.num_errors,
+        "empty": sum(not r.content_ids for r in results),
+        "truncated": sum(r.finish_reason == "length" for r in results),
+    }
+
+
+def mini_batches(run: Run, samples: list[Sample]) -> list[tuple[list[Sample], list[MicroBatch]]]:
+    """Split the step's samples (whole groups) into ``optim.mini_batches`` chunks of micro-batches."""
+    cfg = run.cfg
+    per_mini = len(samples) // cfg.optim.mini_batches
+    out = []
+    for i in range(cfg.optim.mini_batches):
+        chunk = samples[i * per_mini : (i + 1) * per_mini]
+        micros = make_micro_batches(
+            chunk,
+            token_budget=cfg.optim.micro_batch_tokens,
+            batch_size=cfg.optim.micro_batch_size,
+            pad_id=run.tokenizer.pad_token_id,
+        )
+        out.append((chunk, [m.to(run.device) for m in micros]))
+    return out
+
+
+@torch.no_grad()
+def old_main_logprobs(run: Run, micro: MicroBatch) -> torch.Tensor:
+    """``lp_old``: the main head's log-probs under the weights that generated the rollouts."""
+    out = policy_logprobs(
+        run.model, micro, temperature=run.cfg.rollout.temperature, autocast_dtype=run.autocast_dtype
+    )
+    return out.heads[0].logprob
+
+
+class UpdateStats:
+    """Accumulates per-micro-batch loss metrics (device tensors) and turns them into numbers once."""
+
+    def __init__(self) -> None:
+        self.sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
+        self.lams: list[torch.Tensor] = []
+        self.first_lams: list[torch.Tensor] = []
+        self.grad_norms: list[torch.Tensor] = []
+        self.optimizer_steps = 0
+        self.nan_skipped = 0
+
+    def add(self, key: str, value: torch.Tensor) -> None:
+        self.sums[key] = self.sums[key].to(value.device) + value.detach().float()
+
+    def summary(self) -> dict[str, float]:
+        steps = max(self.optimizer_steps + self.nan_skipped, 1)
+        tokens = float(self.sums.get("count/tokens", torch.ones(())))
+        mtp_rows = float(self.sums.get("count/mtp_rows", torch.ones(())))
+        out = {}
+        for key, value in self.sums.items():
+            if key.startswith("count/"):
+                continue
+            if key == "policy/entropy_sum":
+                out["policy/entropy"] = float(value) / max(tokens, 1.0)
+            elif key == "mtp/hits":
+                out["mtp/accuracy"] = float(value) / max(mtp_rows, 1.0)
+            else:
+                out[key] = float(value) / steps  # token-normalised per mini-batch: average over them
+        if self.lams:
+            lams = torch.stack([lam.float().cpu() for lam in self.lams])
+            out |= {
+                "mtp/lam": float(lams.mean()),
+                "mtp/lam_min": float(lams.min()),
+                "mtp/lam_max": float(lams.max()),
+            }
+            out["mtp/lam_first_minibatch"] = float(
+                torch.stack([x.float().cpu() for x in self.first_lams]).mean()
+            )
+        if self.grad_norms:
+            out["optim/grad_norm"] = float(torch.stack([g.cpu() for g in self.grad_norms]).mean())
+        out["optim/nan_skipped"] = self.nan_skipped
+        return out
+
+
+def update_mini_batch(
+    run: Run,
+    samples: list[Sample],
+    micros: list[MicroBatch],
+    old_logprobs: list[torch.Tensor],
+    stats: UpdateStats,
+) -> None:
+    """Forward every micro-batch, backward its share of the mini-batch loss, then one optimizer step."""
+    cfg, model = run.cfg, run.model
+    num_tokens = float(sum(len(s.response_ids) for s in samples))
+    mtp_tokens = [float(max(sum(s.mtp_rows(k) for s in samples), 1)) for k in range(1, model.num_mtp + 1)]
+    first_mini = stats.optimizer_steps + stats.nan_skipped == 0
+    model.train()
+    run.optimizer.zero_grad(set_to_none=True)
+    for micro, lp_old in zip(micros, old_logprobs):
+        out = policy_logprobs(
+            model,
+            micro,
+            temperature=cfg.rollout.temperature,
+            with_entropy=True,
+            autocast_dtype=run.autocast_dtype,
+        )
+        main = out.heads[0]
+        loss, metrics = compute_loss(
+            run.loss_cfg,
+            lp_old,
+            main.logprob,
+            out.gather(micro.advantages),
+            torch.ones_like(lp_old),
+            lp_mtp=[h.logprob for h in out.heads[1:]],
+            mtp_masks=[out.mtp_mask(k) for k in range(1, model.num_mtp + 1)],
+            num_tokens=num_tokens,
+            mtp_num_tokens=mtp_tokens if model.num_mtp else None,
+            lp_rollout=out.gather(micro.rollout_logprobs),
+        )
+        loss.backward()
+        for key, value in metrics.items():
+            if key.rsplit("/", 1)[-1] in ("lam", "c_hat", "v2_hat", "coef"):
+                continue  # per micro-batch, not token-normalised: aggregated below
+            stats.add(key, value)
+        stats.add("policy/entropy_sum", main.entropy.detach().sum())
+        stats.add("count/tokens", torch.tensor(float(lp_old.numel())))
+        if model.num_mtp:
+            # MTP depth 1: how often its argmax is the sampled token (speculative-acceptance proxy),
+            # and the OCC proxy of this micro-batch.
+            valid = out.mtp_mask(1)
+            hit = (out.heads[1].logprob >= out.heads[1].max_logprob - 1e-6) & valid
+            stats.add("mtp/hits", hit.sum())
+            stats.add("count/mtp_rows", valid.sum())
+            stats.add("mtp/c_hat", metrics["mtp1/c_hat"] * len(micros) ** -1)
+            stats.add("mtp/v2_hat", metrics["mtp1/v2_hat"] * len(micros) ** -1)
+            stats.lams.append(metrics["mtp1/lam"].detach())
+            if first_mini:
+                stats.first_lams.append(metrics["mtp1/lam"].detach())
+    max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if torch.isfinite(grad_norm):  # one host sync per optimizer step: never apply a NaN/inf update
+        run.optimizer.step()
+        stats.optimizer_steps += 1
+        stats.grad_norms.append(grad_norm.detach())
+    else:
+        logger.warning("non-finite gradient norm (%s): optimizer step skipped", float(grad_norm))
+        stats.nan_skipped += 1
+    run.optimizer.zero_grad(set_to_none=True)
+
+
+def run_eval(run: Run, step: int) -> dict[str, float]:
+    cfg = run.cfg
+    task = run.progress.add_task(f"step {step}: eval", total=None)
+    result = evaluate(
+        run.engine,
+        run.tokenizer,
+        eval_records(cfg),
+        run.scorer,
+        k=cfg.eval.n,
+        temperature=cfg.eval.temperature,
+        max_new_tokens=cfg.rollout.max_new_tokens,
+        seed=cfg.train.seed,
+    )
+    run.progress.remove_task(task)
+    return {"eval/avg_at_k": result.avg_at_k, "eval/pass_at_k": result.pass_at_k}
+
+
+def setup(cfg: Config, console: Console) -> Run:
+    if cfg.mtp.exact_every:
+        raise ConfigError("mtp.exact_every (exact-gradient diagnostics) is not available yet; set it to 0")
+    if cfg.rollout.engine != "transformers":
+        raise ConfigError(f"rollout.engine={cfg.rollout.engine!r} is not available yet; use 'transformers'")
+    run_dir = cfg.run_dir
+    checkpoint = resolve_resume(cfg)
+    torch.manual_seed(cfg.train.seed)
+    device = resolve_device(cfg)
+    tokenizer = build_tokenizer(cfg)
+    model = build_model(cfg, tokenizer, device)
+    records = train_records(cfg)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, total_steps=cfg.train.steps)
+    sampler = PromptSampler(len(records), seed=cfg.data.seed)
+    progress = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    autocast = torch.bfloat16 if cfg.train.bf16_autocast and device.type == "cuda" else None
+    run_dir.mkdir(parents=True, exist_ok=True)
+    start_step = 0
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        sampler.load_state_dict(state.extra["sampler"])
+        start_step = int(state.extra["next_step"])
+        logger.info("resumed from %s: continuing at step %d", checkpoint, start_step)
+    else:
+        cfg.to_yaml(run_dir / "config.yaml")
+        logger.info("run directory: %s", run_dir)
+        if cfg.train.warmup_sft_steps:
+            sft_warm_start(cfg, model, tokenizer, progress)
+    metrics = MetricsLogger(
+        run_dir,
+        tensorboard=cfg.run.tensorboard,
+        wandb=cfg.run.wandb,
+        wandb_project=cfg.run.wandb_project,
+        wandb_run_name=cfg.run.name,
+        config=cfg.to_dict(),
+        resume_step=start_step - 1 if checkpoint is not None else None,
+    )
+    return Run(
+        cfg=cfg,
+        device=device,
+        tokenizer=tokenizer,
+        model=model,
+        engine=TransformersEngine(model.base, max_batch_size=cfg.rollout.batch_size),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        records=records,
+        sampler=sampler,
+        scorer=RewardScorer(
+            cfg.reward.fn, num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s
+        ),
+        loss_cfg=cfg.to_loss_config(),
+        metrics=metrics,
+        progress=progress,
+        autocast_dtype=autocast,
+        start_step=start_step,
+    )
+
+
+def resolve_resume(cfg: Config) -> Path | None:
+    """The checkpoint to resume from: ``run.resume`` = ``auto`` (latest in the run dir, if any) or a path."""
+    if cfg.run.resume is None:
+        if (cfg.run_dir / "metrics.jsonl").exists():
+            raise ConfigError(
+                f"{cfg.run_dir} already holds a run: pass --run.resume auto to continue it, or a new --run.name"
+            )
+        return None
+    if cfg.run.resume == "auto":
+        latest = find_latest(cfg.run_dir)
+        if latest is None and (cfg.run_dir / "metrics.jsonl").exists():
+            raise ConfigError(f"{cfg.run_dir} has metrics but no checkpoint to resume from")
+        return latest
+    path = Path(cfg.run.resume)
+    if not path.is_dir():
+        raise ConfigError(f"run.resume: checkpoint directory not found: {path}")
+    return path
+
+
+def sft_warm_start(
+    cfg: Config, model: MTPModel, tokenizer: PreTrainedTokenizerBase, progress: Progress
+) -> None:
+    if cfg.data.source != "synthetic":
+        raise ConfigError("train.warmup_sft_steps needs data.source='synthetic' (it trains on known answers)")
+    with progress:
+        task = progress.add_task("SFT warm-start", total=cfg.train.warmup_sft_steps)
+        loss = warm_start(
+            model,
+            tokenizer,
+            train_records(cfg),
+            steps=cfg.train.warmup_sft_steps,
+            lr=cfg.train.sft_lr,
+            batch_size=cfg.train.sft_batch_size,
+            seed=cfg.train.seed,
+            token_budget=cfg.optim.micro_batch_tokens,
+            on_step=lambda step, loss: progress.update(
+                task, completed=step + 1, description=f"SFT loss {loss:.3f}"
+            ),
+        )
+        progress.remove_task(task)
+    logger.info("SFT warm-start: %d steps, final answer-token loss %.4f", cfg.train.warmup_sft_steps, loss)
+
+
+def save(run: Run, step: int) -> None:
+    save_checkpoint(
+        run.cfg.run_dir,
+        step,
+        run.model,
+        run.optimizer,
+        run.scheduler,
+        extra={"next_step": step + 1, "sampler": run.sampler.state_dict()},
+        keep_last=run.cfg.run.keep_last,
+    )
+
+
+def step_line(step: int, m: dict[str, float]) -> str:
+    parts = [f"step {step:4d}", f"reward {m['reward/mean']:.3f}", f"acc {m['reward/accuracy']:.3f}"]
+    if "mtp/lam" in m:
+        parts += [f"lam {m['mtp/lam']:+.3f}", f"mtp acc {m['mtp/accuracy']:.3f}"]
+    if "eval/avg_at_k" in m:
+        parts.append(f"eval {m['eval/avg_at_k']:.3f}")
+    parts.append(f"{m['time/step_s']:.1f}s")
+    return " | ".join(parts)
+
+
+def summarize(run: Run) -> Summary:
+    history = run.history
+    tail = history[-max(1, len(history) // 5) :] if history else []
+    evals = [h["eval/avg_at_k"] for h in history if "eval/avg_at_k" in h]
+    return Summary(
+        run_dir=run.cfg.run_dir,
+        steps=run.cfg.train.steps,
+        reward_start=history[0]["reward/mean"] if history else float("nan"),
+        reward_end=sum(h["reward/mean"] for h in tail) / len(tail) if tail else float("nan"),
+        final_lam=history[-1].get("mtp/lam") if history else None,
+        eval_accuracy=evals[-1] if evals else None,
+        nan_skipped=int(sum(h["optim/nan_skipped"] for h in history)),
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

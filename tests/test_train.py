@@ -1,0 +1,119 @@
+"""End to end: short CPU training runs of every regime, exact resume, NaN steps never applied."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import occ_fast.train as train_module
+from occ_fast.checkpoint import find_latest
+from occ_fast.config import ConfigError, parse_config
+from occ_fast.train import main, train
+
+FAST = [
+    "--model.tiny.hidden-size", "32",
+    "--model.tiny.intermediate-size", "64",
+    "--train.warmup-sft-steps", "5",
+    "--data.prompts-per-step", "4",
+    "--rollout.n", "4",
+    "--rollout.max-new-tokens", "5",
+    "--optim.lr", "1e-3",
+    "--optim.mini-batches", "2",
+    "--optim.micro-batch-tokens", "64",
+    "--eval.every", "2",
+    "--eval.num-problems", "8",
+]  # fmt: skip
+
+
+def fast_config(tmp_path, *extra: str, name: str = "run"):
+    args = [*FAST, "--run.output-dir", str(tmp_path), "--run.name", name, *extra]
+    return parse_config(args)
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("regime", ["none", "detach", "ce", "policy", "occ"])
+def test_each_regime_trains_end_to_end(tmp_path, regime):
+    cfg = fast_config(tmp_path, "--mtp.regime", regime, "--train.steps", "3", "--run.save-every", "2")
+    summary = train(cfg)
+    lines = read_metrics(cfg.run_dir)
+    assert [m["step"] for m in lines] == [0, 1, 2]
+    for m in lines:
+        assert all(math.isfinite(v) for v in m.values()), m
+        assert 0.0 <= m["reward/accuracy"] <= 1.0
+        assert m["optim/nan_skipped"] == 0
+    assert ("mtp/lam" in lines[-1]) == (regime != "none")
+    assert ("mtp/accuracy" in lines[-1]) == (regime != "none")
+    assert "eval/avg_at_k" in lines[1] and "eval/avg_at_k" in lines[2]
+    assert (cfg.run_dir / "config.yaml").is_file()
+    assert (cfg.run_dir / "plots" / "reward.png").is_file()
+    assert (cfg.run_dir / "model" / "config.json").is_file()
+    assert find_latest(cfg.run_dir).name.endswith("2")
+    assert summary.steps == 3 and summary.run_dir == cfg.run_dir
+
+
+def test_resume_continues_exactly(tmp_path):
+    """4 steps in one go equal 2 steps + resume + 2 steps: same metrics, same weights."""
+    common = ["--mtp.regime", "occ", "--run.save-every", "1"]
+    whole = fast_config(tmp_path, *common, "--train.steps", "4", name="whole")
+    train(whole)
+    first = fast_config(tmp_path, *common, "--train.steps", "2", name="split")
+    train(first)
+    second = fast_config(tmp_path, *common, "--train.steps", "4", "--run.resume", "auto", name="split")
+    train(second)
+
+    def comparable(run_dir):
+        return [{k: v for k, v in m.items() if not k.startswith("time/")} for m in read_metrics(run_dir)]
+
+    assert comparable(whole.run_dir) == comparable(second.run_dir)
+    assert len(comparable(whole.run_dir)) == 4
+    weights_whole = load_file(find_latest(whole.run_dir) / "model.safetensors")
+    weights_split = load_file(find_latest(second.run_dir) / "model.safetensors")
+    assert weights_whole.keys() == weights_split.keys()
+    for key in weights_whole:
+        assert torch.equal(weights_whole[key], weights_split[key]), key
+
+
+def test_nan_loss_is_skipped_counted_and_never_applied(tmp_path, monkeypatch):
+    real_compute_loss = train_module.compute_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        loss, metrics = real_compute_loss(*args, **kwargs)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] <= 2 else loss), metrics  # the first mini-batch: 2 micro
+
+    monkeypatch.setattr(train_module, "compute_loss", poisoned)
+    cfg = fast_config(
+        tmp_path, "--train.steps", "1", "--optim.mini-batches", "1", "--optim.micro-batch-size", "8"
+    )
+    before = {}
+
+    def capture(cfg_, model, tokenizer, progress):
+        before.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+    monkeypatch.setattr(train_module, "sft_warm_start", capture)
+    train(cfg)
+    metrics = read_metrics(cfg.run_dir)[0]
+    assert metrics["optim/nan_skipped"] == 1
+    after = load_file(find_latest(cfg.run_dir) / "model.safetensors")
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert not changed, changed
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    cfg = fast_config(tmp_path, "--train.steps", "1", name="taken")
+    train(cfg)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train(fast_config(tmp_path, "--train.steps", "1", name="taken"))
+
+
+def test_cli_reports_bad_config_and_exits_2(tmp_path, capsys):
+    assert main(["--optim.lr", "-1", "--run.output-dir", str(tmp_path)]) == 2
+    assert "optim.lr" in capsys.readouterr().err
