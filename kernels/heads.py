@@ -55,4 +55,5 @@ def heads_logprob(
     )
     logprobs = out.logprob.split(sizes)
     entropies = out.entropy.split(sizes) if out.entropy is not None else [None] * len(sizes)
-    return [LinearLogprobOutput(lp, ent) for lp, ent in zip(logprobs, entropies)]
+    max_logprobs = out.max_logprob.split(sizes)
+    return [LinearLogprobOutput(*parts) for parts in zip(logprobs, entropies, max_logprobs)]

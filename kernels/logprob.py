@@ -17,10 +17,16 @@ TRITON_DLOGITS_BYTES = 1024 * 1024 * 1024  # one dlogits buffer; large chunks ke
 
 @dataclass
 class LinearLogprobOutput:
-    """``logprob``/``entropy``: ``[M]`` float32, 0 on ignored rows; ``entropy`` is None unless asked."""
+    """Per-row ``[M]`` float32 results, 0 on ignored rows.
+
+    ``logprob``: log-prob of the target. ``entropy``: None unless asked. ``max_logprob``: log-prob
+    of the most likely token (no grad; free: the kernels keep it anyway), so
+    ``logprob >= max_logprob`` marks rows whose target is the argmax (e.g. MTP top-1 acceptance).
+    """
 
     logprob: torch.Tensor
     entropy: torch.Tensor | None = None
+    max_logprob: torch.Tensor | None = None
 
 
 def linear_logprob(
@@ -65,22 +71,22 @@ def linear_logprob(
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
 
     if impl == "torch":
-        logprob, entropy = logprob_torch.naive(
+        logprob, entropy, max_logprob = logprob_torch.naive(
             hidden, weight, targets, inv_temperature, valid, return_entropy
         )
     elif impl == "torch_chunked":
-        logprob, entropy = logprob_torch.ChunkedLinearLogprob.apply(
+        logprob, entropy, max_logprob = logprob_torch.ChunkedLinearLogprob.apply(
             hidden, weight, targets, inv_temperature, valid, return_entropy, chunk_rows
         )
     elif impl == "triton":
         from . import logprob_triton
 
-        logprob, entropy = logprob_triton.TritonLinearLogprob.apply(
+        logprob, entropy, max_logprob = logprob_triton.TritonLinearLogprob.apply(
             hidden, weight, targets, inv_temperature, valid, return_entropy, chunk_rows
         )
     else:
         raise ValueError(f"impl must be one of auto, triton, torch_chunked, torch; got {impl!r}")
-    return LinearLogprobOutput(logprob, entropy if return_entropy else None)
+    return LinearLogprobOutput(logprob, entropy if return_entropy else None, max_logprob)
 
 
 def _default_chunk_rows(impl: str, weight: torch.Tensor) -> int:

@@ -20,7 +20,7 @@ def naive(
     inv_temperature: torch.Tensor,
     valid: torch.Tensor,
     return_entropy: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Reference: full fp32 logits, ``log_softmax`` and autograd."""
     logits = (hidden.float() @ weight.float().t()) * inv_temperature[:, None]
     logp = torch.log_softmax(logits, dim=-1)
@@ -31,7 +31,8 @@ def naive(
     if return_entropy:
         entropy = -(logp.exp() * logp).sum(-1)
         entropy = torch.where(valid, entropy, torch.zeros_like(entropy))
-    return logprob, entropy
+    max_logprob = torch.where(valid, logp.detach().amax(-1), torch.zeros_like(logprob))
+    return logprob, entropy, max_logprob.detach()
 
 
 class ChunkedLinearLogprob(torch.autograd.Function):
@@ -52,12 +53,16 @@ class ChunkedLinearLogprob(torch.autograd.Function):
         ctx.save_for_backward(hidden, weight, targets, inv_temperature, valid, row_max, log_sumexp, entropy)
         ctx.chunk_rows = chunk_rows
         zero = torch.zeros_like(logprob)
-        return torch.where(valid, logprob, zero), (
-            torch.where(valid, entropy, zero) if return_entropy else None
+        max_logprob = torch.where(valid, -log_sumexp, zero)
+        ctx.mark_non_differentiable(max_logprob)
+        return (
+            torch.where(valid, logprob, zero),
+            torch.where(valid, entropy, zero) if return_entropy else None,
+            max_logprob,
         )
 
     @staticmethod
-    def backward(ctx, grad_logprob, grad_entropy):
+    def backward(ctx, grad_logprob, grad_entropy, _grad_max_logprob):
         hidden, weight, targets, inv_temperature, valid, row_max, log_sumexp, entropy = ctx.saved_tensors
         weight32 = weight.float()
         g1, g2 = _row_grads(grad_logprob, grad_entropy, valid)

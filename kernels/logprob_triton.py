@@ -304,17 +304,21 @@ class TritonLinearLogprob(torch.autograd.Function):
         ctx.save_for_backward(hidden, weight, targets, inv_temperature, valid, row_max, log_sumexp, entropy)
         ctx.chunk_rows = chunk_rows
         zero = torch.zeros_like(logprob)
-        return torch.where(valid, logprob, zero), (
-            None if entropy is None else torch.where(valid, entropy, zero)
+        max_logprob = torch.where(valid, -log_sumexp, zero)
+        ctx.mark_non_differentiable(max_logprob)
+        return (
+            torch.where(valid, logprob, zero),
+            None if entropy is None else torch.where(valid, entropy, zero),
+            max_logprob,
         )
 
     @staticmethod
-    def backward(ctx, grad_logprob, grad_entropy):
+    def backward(ctx, grad_logprob, grad_entropy, _grad_max_logprob):
         hidden, weight, targets, inv_temperature, valid, row_max, log_sumexp, entropy = ctx.saved_tensors
         need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         g1, g2 = _row_grads(grad_logprob, grad_entropy, valid)
-        if entropy is None:
-            g2 = None
+        if entropy is None or grad_entropy is None:
+            g2 = None  # entropy not asked for, or not part of the loss: skip its gradient terms
         m = hidden.shape[0]
         grad_hidden = torch.empty_like(hidden) if need_hidden else None
         grad_weight = (
