@@ -121,11 +121,11 @@ def train(cfg: Config, *, console: Console | None = None) -> Summary:
                 metrics.update(run_eval(run, step))
             run.metrics.log(step, metrics)
             run.history.append(metrics)
-            if step % cfg.run.log_every == 0 or step + 1 == cfg.train.steps:
+            if (cfg.run.log_every and step % cfg.run.log_every == 0) or step + 1 == cfg.train.steps:
                 run.progress.console.print(step_line(step, metrics))
-            if (step + 1) % cfg.run.save_every == 0 or step + 1 == cfg.train.steps:
+            if (cfg.run.save_every and (step + 1) % cfg.run.save_every == 0) or step + 1 == cfg.train.steps:
                 save(run, step)
-            if (step + 1) % cfg.run.plot_every == 0:
+            if cfg.run.plot_every and (step + 1) % cfg.run.plot_every == 0:
                 run.metrics.plot(PLOTS)
             run.progress.advance(steps)
     run.metrics.plot(PLOTS)
