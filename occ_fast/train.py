@@ -12,7 +12,7 @@ import math
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -162,8 +162,12 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
     # 6. Policy updates: one optimizer step per mini-batch.
     t2 = time.perf_counter()
     update = UpdateStats()
+    task = run.progress.add_task(f"step {step}: updates", total=sum(len(micros) for _, micros in minis))
     for (mini_samples, micros), olds in zip(minis, old_logprobs):
-        update_mini_batch(run, mini_samples, micros, olds, update)
+        update_mini_batch(
+            run, mini_samples, micros, olds, update, on_micro=lambda: run.progress.advance(task)
+        )
+    run.progress.remove_task(task)
     run.scheduler.step()
     timings["time/update_s"] = time.perf_counter() - t2
 
@@ -343,6 +347,7 @@ def update_mini_batch(
     micros: list[MicroBatch],
     old_logprobs: list[torch.Tensor],
     stats: UpdateStats,
+    on_micro: Callable[[], None] | None = None,
 ) -> None:
     """Forward every micro-batch, backward its share of the mini-batch loss, then one optimizer step."""
     cfg, model = run.cfg, run.model
@@ -391,6 +396,8 @@ def update_mini_batch(
             stats.lams.append(metrics["mtp1/lam"].detach())
             if first_mini:
                 stats.first_lams.append(metrics["mtp1/lam"].detach())
+        if on_micro is not None:
+            on_micro()
     max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     if torch.isfinite(grad_norm):  # one host sync per optimizer step: never apply a NaN/inf update

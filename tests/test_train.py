@@ -10,8 +10,12 @@ import torch
 from safetensors.torch import load_file
 
 import occ_fast.train as train_module
+from occ_fast.batching import make_micro_batches
+from occ_fast.build import build_model, build_tokenizer, train_records
 from occ_fast.checkpoint import find_latest
 from occ_fast.config import ConfigError, parse_config
+from occ_fast.forward import policy_logprobs
+from occ_fast.sft import supervised_samples
 from occ_fast.train import main, train
 
 FAST = [
@@ -117,3 +121,46 @@ def test_existing_run_is_not_overwritten(tmp_path):
 def test_cli_reports_bad_config_and_exits_2(tmp_path, capsys):
     assert main(["--optim.lr", "-1", "--run.output-dir", str(tmp_path)]) == 2
     assert "optim.lr" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("regime", "detach_lm_head", "trunk", "lm_head"),
+    [
+        ("detach", False, False, True),
+        ("detach", True, False, False),
+        ("ce", False, True, True),
+        ("occ", True, True, False),
+    ],
+)
+def test_regime_gradient_routing_of_the_mtp_term(tmp_path, regime, detach_lm_head, trunk, lm_head):
+    """The config's regime reaches the model: what the MTP log-probs' gradient touches."""
+    extra = ["--mtp.detach-lm-head"] if detach_lm_head else []
+    cfg = fast_config(tmp_path, "--mtp.regime", regime, *extra)
+    tokenizer = build_tokenizer(cfg)
+    model = build_model(cfg, tokenizer, torch.device("cpu"))
+    micro = make_micro_batches(supervised_samples(tokenizer, train_records(cfg)[:6]), token_budget=256)[0]
+    out = policy_logprobs(model, micro, temperature=1.0)
+    (-out.heads[1].logprob.sum()).backward()
+
+    def touched(params):
+        return any(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
+
+    assert touched(model.base.model.layers.parameters()) == trunk
+    assert touched([model.base.lm_head.weight]) == lm_head
+    assert touched(model.mtp.parameters())
+
+
+def test_dynamic_sampling_refills_zero_variance_groups(tmp_path):
+    cfg = fast_config(
+        tmp_path,
+        "--algorithm.dynamic-sampling",
+        "--algorithm.dynamic-sampling-max-rounds",
+        "3",
+        "--train.steps",
+        "2",
+    )
+    train(cfg)
+    for m in read_metrics(cfg.run_dir):
+        assert 1 <= m["rollout/rounds"] <= 3
+        if m["rollout/rounds"] < 3:
+            assert m["reward/zero_std_groups"] == 0
