@@ -147,6 +147,18 @@ class RolloutConfig:
     """Samples per prompt: the GRPO group size; >= 2."""
     batch_size: int = 64
     """Sequences the transformers engine generates at once (memory bound only: results do not depend on it)."""
+    gpu_memory_utilization: float = 0.5
+    """vLLM: share of GPU memory its KV cache may take while awake (it sleeps during training)."""
+    max_model_len: int | None = None
+    """vLLM: longest prompt + completion; None takes the model's own limit."""
+    speculative: Literal["none", "mtp"] = "none"
+    """vLLM: 'mtp' drafts with the jointly trained MTP heads (speculative decoding); acceptance is logged."""
+    num_speculative_tokens: int = 1
+    """vLLM: draft tokens per step when rollout.speculative='mtp'."""
+    sleep_level: Literal[1, 2] = 1
+    """vLLM sleep mode between rollouts: 1 offloads weights to CPU, 2 discards them (re-sent by the sync)."""
+    sync_check_threshold: float = 0.1
+    """vLLM: mean |log-prob| difference between engine and trainer on a probe above which a sync fails loudly."""
 
 
 @dataclass(frozen=True)
@@ -595,6 +607,22 @@ def _problems(cfg: Config) -> list[str]:
     need(ro.max_new_tokens >= 1, f"rollout.max_new_tokens must be >= 1, got {ro.max_new_tokens}")
     need(ro.n >= 2, f"rollout.n must be >= 2 for GRPO group normalisation, got {ro.n}")
     need(ro.batch_size >= 1, f"rollout.batch_size must be >= 1, got {ro.batch_size}")
+    need(
+        0 < ro.gpu_memory_utilization <= 1,
+        f"rollout.gpu_memory_utilization must be in (0, 1], got {ro.gpu_memory_utilization}",
+    )
+    need(
+        ro.num_speculative_tokens >= 1,
+        f"rollout.num_speculative_tokens must be >= 1, got {ro.num_speculative_tokens}",
+    )
+    need(
+        not (ro.speculative == "mtp" and ro.engine != "vllm"),
+        "rollout.speculative='mtp' needs rollout.engine='vllm'",
+    )
+    need(
+        not (ro.speculative == "mtp" and cfg.model.mtp_heads < 1),
+        "rollout.speculative='mtp' needs model.mtp_heads >= 1",
+    )
 
     # data
     if data.source == "file":

@@ -172,18 +172,28 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
     timings["time/update_s"] = time.perf_counter() - t2
 
     # 7. The rollout engine samples from the new weights next step.
-    run.engine.sync_weights(run.model.base)
+    run.engine.sync_weights(run.model)
 
     # 8. Metrics (the only host syncs of the step happen here).
     timings["time/step_s"] = time.perf_counter() - t0
     return {
         **reward_stats,
+        **engine_stats(run.engine),
         "reward/zero_std_groups": advantages.num_zero_std,
         "response/length_mean": sum(len(s.response_ids) for s in samples) / len(samples),
         "optim/lr": run.scheduler.get_last_lr()[0],
         **update.summary(),
         **timings,
     }
+
+
+def engine_stats(engine: RolloutEngine) -> dict[str, float]:
+    """vLLM's speculative acceptance (MTP drafts) and weight-sync probe, when the engine has them."""
+    stats = {f"rollout/spec_{k}": v for k, v in (getattr(engine, "last_spec_stats", None) or {}).items()}
+    diff = getattr(engine, "last_sync_logprob_diff", None)
+    if diff is not None:
+        stats["rollout/sync_logprob_diff"] = diff
+    return stats
 
 
 @dataclass
@@ -430,8 +440,6 @@ def run_eval(run: Run, step: int) -> dict[str, float]:
 def setup(cfg: Config, console: Console) -> Run:
     if cfg.mtp.exact_every:
         raise ConfigError("mtp.exact_every (exact-gradient diagnostics) is not available yet; set it to 0")
-    if cfg.rollout.engine != "transformers":
-        raise ConfigError(f"rollout.engine={cfg.rollout.engine!r} is not available yet; use 'transformers'")
     run_dir = cfg.run_dir
     checkpoint = resolve_resume(cfg)
     torch.manual_seed(cfg.train.seed)
@@ -476,7 +484,7 @@ def setup(cfg: Config, console: Console) -> Run:
         device=device,
         tokenizer=tokenizer,
         model=model,
-        engine=TransformersEngine(model.base, max_batch_size=cfg.rollout.batch_size),
+        engine=build_engine(cfg, model, tokenizer),
         optimizer=optimizer,
         scheduler=scheduler,
         records=records,
@@ -489,6 +497,27 @@ def setup(cfg: Config, console: Console) -> Run:
         progress=progress,
         autocast_dtype=autocast,
         start_step=start_step,
+    )
+
+
+def build_engine(cfg: Config, model: MTPModel, tokenizer: PreTrainedTokenizerBase) -> RolloutEngine:
+    """The rollout engine, starting from the model's current weights (initial, warm-started or resumed)."""
+    if cfg.rollout.engine == "transformers":
+        return TransformersEngine(model.base, max_batch_size=cfg.rollout.batch_size)
+    from occ_fast.rollout.vllm_engine import VLLMEngine
+
+    start = cfg.run_dir / "rollout-init"  # vLLM loads from disk once; later syncs go through memory
+    save_mtp_model(model, start, tokenizer=tokenizer)
+    ro = cfg.rollout
+    return VLLMEngine(
+        start,
+        gpu_memory_utilization=ro.gpu_memory_utilization,
+        max_model_len=ro.max_model_len,
+        seed=cfg.train.seed,
+        speculative=ro.speculative,
+        num_speculative_tokens=ro.num_speculative_tokens,
+        sleep_level=ro.sleep_level,
+        check_threshold=ro.sync_check_threshold,
     )
 
 

@@ -164,3 +164,23 @@ def test_dynamic_sampling_refills_zero_variance_groups(tmp_path):
         assert 1 <= m["rollout/rounds"] <= 3
         if m["rollout/rounds"] < 3:
             assert m["reward/zero_std_groups"] == 0
+
+
+def test_vllm_engine_without_vllm_says_what_to_install(tmp_path):
+    pytest.importorskip("torch")
+    try:
+        import vllm  # noqa: F401
+
+        pytest.skip("vLLM is installed: the real engine is tested in test_rollout_vllm.py")
+    except ImportError:
+        pass
+    cfg = fast_config(
+        tmp_path, "--rollout.engine", "vllm", "--train.warmup-sft-steps", "0", "--train.steps", "1"
+    )
+    with pytest.raises(ImportError, match=r"occ-fast\[vllm\]"):
+        train(cfg)
+
+
+def test_speculative_mtp_needs_vllm_engine(tmp_path):
+    with pytest.raises(ConfigError, match="rollout.speculative='mtp' needs rollout.engine='vllm'"):
+        fast_config(tmp_path, "--rollout.speculative", "mtp")

@@ -35,7 +35,9 @@ class TransformersEngine:
         )
 
     def sync_weights(self, model: torch.nn.Module) -> None:
-        """Copy ``model``'s weights in by parameter name; extra source entries (e.g. MTP) are ignored."""
+        """Copy ``model``'s weights (a HF causal LM, or an MTP model's ``base``) in by parameter name;
+        extra source entries (e.g. MTP) are ignored."""
+        model = getattr(model, "base", model)
         if model is self.model:
             return
         source = model.state_dict()
