@@ -1,0 +1,203 @@
+"""Sharded checkpoints of an FSDP2 run (torch.distributed.checkpoint), and the Hugging Face export.
+
+Same directory layout and atomicity as :mod:`occ_fast.checkpoint` (``run_dir/checkpoints/step_N``,
+written into a hidden temporary directory that rank 0 renames into place once every rank has
+written; ``meta.json`` last, so :func:`occ_fast.checkpoint.find_latest` finds both kinds), but the
+model and optimizer go through DCP: every rank writes its own shards, in parallel, and a load
+reshards them to the reader's layout, so a run saved on N ranks resumes on M (a single process
+without a process group included). ``meta.json`` says ``"format": "dcp"``.
+
+Every rank calls every function here (they are collectives); the run directory must be on a file
+system all ranks share.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from transformers import AutoModelForCausalLM
+
+from occ_fast.checkpoint import (
+    _TMP_PREFIX,
+    _TRASH_PREFIX,
+    EXTRA_FILE,
+    META_FILE,
+    SCHEDULER_FILE,
+    CheckpointError,
+    LoadedCheckpoint,
+    _capture_rng,
+    _check_plain,
+    _complete_checkpoints,
+    _fsync_path,
+    _remove_leftovers,
+    _restore_rng,
+    _torch_load,
+    _write,
+    checkpoint_dir,
+)
+from occ_fast.model import MTPModel, save_mtp_model
+from occ_fast.model.wrapper import new_mtp_layer
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "dcp"
+DCP_SUBDIR = "dcp"
+
+
+def _rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def _barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _rng_file(rank: int) -> str:
+    return f"rng_rank{rank}.pt"
+
+
+def save_sharded_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any | None = None,
+    extra: Mapping[str, Any] | None = None,
+    keep_last: int | None = 3,
+) -> Path:
+    """Write model + optimizer shards (DCP), scheduler, ``extra`` (rank 0's) and each rank's RNG
+    for ``step``; rename into place on rank 0 after a barrier; prune all but ``keep_last``."""
+    if step < 0:
+        raise ValueError(f"save_sharded_checkpoint: step must be >= 0, got {step}")
+    if keep_last is not None and keep_last < 1:
+        raise ValueError(f"save_sharded_checkpoint: keep_last must be >= 1 or None, got {keep_last}")
+    extra = dict(extra or {})
+    _check_plain(extra, "extra")
+    rank, main = _rank(), _rank() == 0
+    final = checkpoint_dir(run_dir, step)
+    parent = final.parent
+    tmp = parent / f"{_TMP_PREFIX}{final.name}"
+    if main:
+        parent.mkdir(parents=True, exist_ok=True)
+        _remove_leftovers(parent)
+        tmp.mkdir()
+    _barrier()  # the temporary directory exists before anyone writes into it
+    try:
+        state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
+        dcp.save(state, checkpoint_id=tmp / DCP_SUBDIR, no_dist=not dist.is_initialized())
+        _write(tmp / _rng_file(rank), lambda f: torch.save(_capture_rng(), f))
+        if main:
+            files = [DCP_SUBDIR, EXTRA_FILE]
+            if scheduler is not None:
+                _write(tmp / SCHEDULER_FILE, lambda f: torch.save(scheduler.state_dict(), f))
+                files.append(SCHEDULER_FILE)
+            _write(tmp / EXTRA_FILE, lambda f: torch.save(extra, f))
+    except BaseException:
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _barrier()  # every rank's shards and RNG are on disk
+    if main:
+        meta = {"step": step, "format": FORMAT, "world_size": _world_size(), "files": files}
+        _write(tmp / META_FILE, lambda f: f.write(json.dumps(meta, indent=2).encode()))
+        _fsync_path(tmp)
+        if final.exists():  # re-saving a step (e.g. right after resuming from it)
+            final.rename(parent / f"{_TRASH_PREFIX}{final.name}")
+        os.replace(tmp, final)
+        _fsync_path(parent)
+        _remove_leftovers(parent)
+        if keep_last is not None:
+            for old in _complete_checkpoints(parent)[:-keep_last]:
+                shutil.rmtree(old)
+    _barrier()  # nobody moves on (or reads it) before it is in place
+    return final
+
+
+def is_sharded_checkpoint(path: str | Path) -> bool:
+    """Whether the complete checkpoint at ``path`` was written by :func:`save_sharded_checkpoint`."""
+    meta = Path(path) / META_FILE
+    return meta.is_file() and json.loads(meta.read_text()).get("format") == FORMAT
+
+
+def load_sharded_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    *,
+    restore_rng: bool = True,
+) -> LoadedCheckpoint:
+    """Restore model (and optimizer, scheduler) from a sharded checkpoint, resharding to this run's
+    world size and layout (FSDP2 or a plain module). Each rank's RNG comes back only when the world
+    size is the one saved: other streams cannot be mapped onto a different number of ranks."""
+    path = Path(path)
+    meta_file = path / META_FILE
+    if not meta_file.is_file():
+        raise CheckpointError(f"{path} is not a complete checkpoint: {META_FILE} is missing")
+    meta = json.loads(meta_file.read_text())
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a sharded (DCP) checkpoint: load it with occ_fast.checkpoint")
+    state: dict[str, Any] = {"model": get_model_state_dict(model)}
+    if optimizer is not None:
+        state["optim"] = get_optimizer_state_dict(model, optimizer)
+    try:
+        dcp.load(state, checkpoint_id=path / DCP_SUBDIR, no_dist=not dist.is_initialized())
+    except Exception as exc:
+        raise CheckpointError(f"cannot load sharded state from {path / DCP_SUBDIR}: {exc}") from exc
+    set_model_state_dict(model, state["model"])
+    if optimizer is not None:
+        set_optimizer_state_dict(model, optimizer, state["optim"])
+    if scheduler is not None:
+        if SCHEDULER_FILE not in meta["files"]:
+            raise CheckpointError(
+                f"checkpoint {path} has no {SCHEDULER_FILE}, but one was asked to be restored"
+            )
+        scheduler.load_state_dict(_torch_load(path / SCHEDULER_FILE))
+    if restore_rng:
+        if meta["world_size"] == _world_size():
+            _restore_rng(_torch_load(path / _rng_file(_rank())))
+        elif _rank() == 0:
+            logger.warning(
+                "RNG state not restored: saved on %d rank(s), resumed on %d",
+                meta["world_size"],
+                _world_size(),
+            )
+    return LoadedCheckpoint(path=path, step=int(meta["step"]), extra=_torch_load(path / EXTRA_FILE))
+
+
+def export_hf(model: MTPModel, path: str | Path, tokenizer=None) -> None:
+    """Write a Hugging Face directory (trunk + MTP heads, :func:`save_mtp_model`) from a sharded or
+    plain model: full weights are gathered to rank 0's CPU, put into an unsharded copy built on the
+    meta device (no second initialisation), and saved by rank 0."""
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if _rank() == 0:
+        with torch.device("meta"):
+            base = AutoModelForCausalLM.from_config(model.base.config)
+            layers = [new_mtp_layer(base) for _ in range(model.num_mtp)]
+        copy = MTPModel(base, layers, naming=model.naming)
+        copy.load_state_dict(full, strict=True, assign=True)
+        if base.config.tie_word_embeddings:
+            base.tie_weights()
+        save_mtp_model(copy, path, tokenizer=tokenizer)
+    _barrier()

@@ -1,0 +1,397 @@
+"""Distributed building blocks on CPU (gloo): FSDP2 over 2 processes gives the single-process loss and
+gradients when the token-mean normaliser is global; a sharded checkpoint saved on 2 ranks loads on
+1; torchrun's environment is checked.
+
+The 2-process half runs once per session: this file is also the torchrun worker (``__main__``
+below), which writes what it computed to a directory that the tests compare with a
+single-process run of the same batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+from test_batching import VOCAB, random_samples, tiny_model
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+)
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from occ_fast.algorithm import LossConfig, compute_loss
+from occ_fast.batching import MicroBatch, Sample, make_micro_batches
+from occ_fast.checkpoint import CheckpointError
+from occ_fast.config import OptimConfig
+from occ_fast.distributed import (
+    DistributedEnvError,
+    clip_grad_norm,
+    gather_metrics,
+    global_sum,
+    init_distributed,
+    pad_micro_batches,
+    shard_model,
+    shard_prompts,
+)
+from occ_fast.forward import policy_logprobs
+from occ_fast.model import MTPModel, load_mtp_model
+from occ_fast.optim import build_optimizer, build_scheduler
+from occ_fast.sharded_checkpoint import (
+    export_hf,
+    is_sharded_checkpoint,
+    load_sharded_checkpoint,
+    save_sharded_checkpoint,
+)
+
+SEED = 4
+GROUP = 3  # completions per prompt
+NUM_SAMPLES = 15  # 5 groups: ranks get 3 and 2, with different micro-batch counts
+TOKEN_BUDGET = 20
+STEP = 7
+LOSS_CFG = LossConfig(
+    mtp_regime="policy", mtp_coef=0.5
+)  # OCC's coefficient is per micro-batch: grouping-dependent
+OPTIM_CFG = OptimConfig(lr=1e-2, warmup_steps=0)
+TORCHRUN_TIMEOUT_S = 150
+
+
+def tied_model(seed: int) -> MTPModel:
+    """A model whose lm_head is the embedding (as in small Qwen2.5 models): one shared FSDP parameter."""
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    return MTPModel.from_base(Qwen2ForCausalLM(config), 1, attn_implementation="sdpa")
+
+
+def token_counts(samples: list[Sample], num_mtp: int) -> tuple[float, list[float]]:
+    return float(sum(len(s.response_ids) for s in samples)), [
+        float(sum(s.mtp_rows(k) for s in samples)) for k in range(1, num_mtp + 1)
+    ]
+
+
+def train_micro_batches(
+    model: MTPModel,
+    micros: list[tuple[MicroBatch, bool]],
+    num_tokens: torch.Tensor | float,
+    mtp_tokens: list[torch.Tensor | float],
+) -> torch.Tensor:
+    """Backward every micro-batch's share of the token-mean loss (padding ones scaled by 0); the
+    summed loss, detached."""
+    total = torch.zeros(())
+    for micro, real in micros:
+        heads = policy_logprobs(model, micro, temperature=1.0)
+        lp = heads.heads[0].logprob
+        adv = heads.gather(micro.advantages)
+        loss, _ = compute_loss(
+            LOSS_CFG,
+            (lp - 0.05 * adv).detach(),
+            lp,
+            adv,
+            torch.ones_like(lp),
+            lp_mtp=[h.logprob for h in heads.heads[1:]],
+            mtp_masks=[heads.mtp_mask(k) for k in range(1, model.num_mtp + 1)],
+            num_tokens=num_tokens,
+            mtp_num_tokens=mtp_tokens,
+        )
+        (loss if real else loss * 0.0).backward()
+        if real:
+            total = total + loss.detach()
+    return total
+
+
+def single_process_step(model: MTPModel, samples: list[Sample]) -> torch.Tensor:
+    micros = make_micro_batches(samples, token_budget=TOKEN_BUDGET)
+    num_tokens, mtp_tokens = token_counts(samples, model.num_mtp)
+    return train_micro_batches(model, [(m, True) for m in micros], num_tokens, mtp_tokens)
+
+
+# ---- the torchrun worker -------------------------------------------------------------------------
+
+
+def rank_step(model: MTPModel, rank: int, world: int) -> tuple[torch.Tensor, int]:
+    """This rank's share of the batch (whole groups), normalised by the global token counts."""
+    samples = random_samples(NUM_SAMPLES, seed=SEED)
+    groups = shard_prompts(range(NUM_SAMPLES // GROUP), rank, world)
+    mine = [s for g in groups for s in samples[g * GROUP : (g + 1) * GROUP]]
+    micros = make_micro_batches(mine, token_budget=TOKEN_BUDGET)
+    num_tokens, mtp_tokens = token_counts(mine, model.num_mtp)
+    loss = train_micro_batches(
+        model, pad_micro_batches(micros), global_sum(num_tokens), [global_sum(t) for t in mtp_tokens]
+    )
+    return global_sum(loss), len(micros)
+
+
+def full_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: p.grad.full_tensor() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def worker(out: Path) -> None:
+    info = init_distributed(device_type="cpu", timeout_s=60)
+    rank, world = info.rank, info.world_size
+    results: dict = {"world_size": world}
+
+    model = shard_model(tiny_model(SEED), mixed_precision=False)
+    loss, micros = rank_step(model, rank, world)
+    results["micros"] = gather_metrics({f"micros/rank{rank}": micros})
+    results["loss"], results["grads"] = float(loss), full_grads(model)
+    results["grad_norm"] = float(clip_grad_norm(model, float("inf")))
+
+    ac = shard_model(tiny_model(SEED), mixed_precision=False, activation_checkpointing=True)
+    rank_step(ac, rank, world)
+    results["ac_active"] = all(layer.gradient_checkpointing for layer in ac.base.model.layers)
+    results["ac_grads"] = full_grads(ac)
+
+    metrics = {"mean": float(rank), "count": float(rank + 1)} | ({"only0": 5.0} if rank == 0 else {})
+    results["metrics"] = gather_metrics(metrics, sums={"count"})
+
+    # One optimizer step on a tied model, then a sharded checkpoint, a reload on 2 ranks and an export.
+    tied = shard_model(tied_model(SEED), mixed_precision=False)
+    optimizer = build_optimizer(tied, OPTIM_CFG)
+    scheduler = build_scheduler(optimizer, OPTIM_CFG, total_steps=10)
+    rank_step(tied, rank, world)
+    optimizer.step()
+    scheduler.step()
+    extra = {"next_step": STEP + 1, "sampler": {"position": 11}}
+    save_sharded_checkpoint(out / "run", STEP, tied, optimizer, scheduler, extra=extra)
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    results["full_model"] = get_model_state_dict(tied, options=full)
+    results["full_optim"] = get_optimizer_state_dict(tied, optimizer, options=full)
+    export_hf(tied, out / "hf")
+
+    again = shard_model(tied_model(SEED + 1), mixed_precision=False)
+    again_optimizer = build_optimizer(again, OPTIM_CFG)
+    build_scheduler(again_optimizer, OPTIM_CFG, total_steps=10)  # as a resumed run builds it (initial_lr)
+    load_sharded_checkpoint(out / "run" / "checkpoints" / f"step_{STEP:09d}", again, again_optimizer)
+    results["reloaded_model"] = get_model_state_dict(again, options=full)
+    results["reloaded_optim"] = get_optimizer_state_dict(again, again_optimizer, options=full)
+
+    mixed = shard_model(tiny_model(SEED), mixed_precision=True)
+    micro = make_micro_batches(random_samples(4, seed=SEED), token_budget=1000)[0]
+    head_weight = mixed(micro.input_ids, micro.attention_mask, micro.position_ids).weight
+    mixed.reshard()  # the root keeps its bf16 unsharded parameters after forward until resharded
+    sharded = mixed.base.lm_head.weight
+    results["mixed_dtypes"] = (head_weight.dtype, type(sharded).__name__, sharded.dtype)
+
+    if rank == 0:
+        torch.save(results, out / "results.pt")
+    dist.destroy_process_group()
+
+
+# ---- the tests -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("dist")
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        __file__,
+        str(out),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        _, stderr = proc.communicate(timeout=TORCHRUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and the workers it started
+        _, stderr = proc.communicate()
+        pytest.fail(f"torchrun worker hung for {TORCHRUN_TIMEOUT_S} s:\n{stderr[-6000:]}")
+    if proc.returncode != 0:
+        pytest.fail(f"torchrun worker failed ({proc.returncode}):\n{stderr[-6000:]}")
+    return out, torch.load(out / "results.pt", weights_only=False)
+
+
+def test_fsdp_two_ranks_match_single_process_loss_and_gradients(two_ranks):
+    _, res = two_ranks
+    assert res["world_size"] == 2
+    counts = res["micros"]
+    assert counts["micros/rank0"] != counts["micros/rank1"]  # padding micro-batches were needed
+    model = tiny_model(SEED)
+    loss = single_process_step(model, random_samples(NUM_SAMPLES, seed=SEED))
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert res["loss"] == pytest.approx(float(loss), rel=1e-5)
+    assert res["grads"].keys() == grads.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(res["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    expected_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
+    assert res["grad_norm"] == pytest.approx(float(expected_norm), rel=1e-5)
+
+
+def test_activation_checkpointing_keeps_gradients(two_ranks):
+    _, res = two_ranks
+    assert res["ac_active"]
+    for name, grad in res["grads"].items():
+        torch.testing.assert_close(res["ac_grads"][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_mixed_precision_computes_in_bf16_with_fp32_master_weights(two_ranks):
+    _, res = two_ranks
+    assert res["mixed_dtypes"] == (torch.bfloat16, "DTensor", torch.float32)
+
+
+def test_gather_metrics_means_and_sums_over_ranks(two_ranks):
+    _, res = two_ranks
+    assert res["metrics"] == {"mean": 0.5, "count": 3.0, "only0": 5.0}
+
+
+def assert_optim_equal(actual: dict, expected: dict) -> None:
+    assert actual["state"].keys() == expected["state"].keys()
+    for fqn, state in expected["state"].items():
+        assert actual["state"][fqn].keys() == state.keys(), fqn
+        for key, value in state.items():
+            torch.testing.assert_close(actual["state"][fqn][key], value, rtol=0, atol=0, msg=f"{fqn} {key}")
+    strip = lambda groups: [{k: v for k, v in g.items() if k != "params"} for g in groups]  # noqa: E731
+    assert strip(actual["param_groups"]) == strip(expected["param_groups"])
+    assert [sorted(g["params"]) for g in actual["param_groups"]] == [
+        sorted(g["params"]) for g in expected["param_groups"]
+    ]
+
+
+def test_sharded_checkpoint_resumes_on_two_ranks(two_ranks):
+    _, res = two_ranks
+    assert res["reloaded_model"].keys() == res["full_model"].keys()
+    for key, value in res["full_model"].items():
+        assert torch.equal(res["reloaded_model"][key], value), key
+    assert_optim_equal(res["reloaded_optim"], res["full_optim"])
+
+
+def test_sharded_checkpoint_from_two_ranks_loads_in_one_process(two_ranks, caplog):
+    out, res = two_ranks
+    path = out / "run" / "checkpoints" / f"step_{STEP:09d}"
+    assert is_sharded_checkpoint(path)
+    assert not list(path.parent.glob(".tmp-*"))
+    model = tied_model(SEED + 2)  # different weights, overwritten by the load
+    optimizer = build_optimizer(model, OPTIM_CFG)
+    scheduler = build_scheduler(optimizer, OPTIM_CFG, total_steps=10)
+    with caplog.at_level(logging.WARNING, logger="occ_fast.sharded_checkpoint"):
+        loaded = load_sharded_checkpoint(path, model, optimizer, scheduler)
+    assert not dist.is_initialized()
+    assert "RNG state not restored" in caplog.text
+    assert loaded.step == STEP and loaded.extra == {"next_step": STEP + 1, "sampler": {"position": 11}}
+    assert scheduler.last_epoch == 1
+    assert model.base.lm_head.weight is model.base.model.embed_tokens.weight
+    state = model.state_dict()
+    for key, value in res["full_model"].items():
+        assert torch.equal(state[key], value), key
+    assert_optim_equal(get_optimizer_state_dict(model, optimizer), res["full_optim"])
+
+
+def test_export_hf_writes_the_full_model(two_ranks):
+    out, res = two_ranks
+    exported = load_mtp_model(out / "hf", attn_implementation="sdpa")
+    assert exported.num_mtp == 1
+    state = exported.state_dict()
+    for key, value in res["full_model"].items():
+        assert torch.equal(state[key], value), key
+
+
+def test_sharded_checkpoint_in_one_process_restores_rng_and_prunes(tmp_path):
+    model = tied_model(SEED)
+    optimizer = build_optimizer(model, OPTIM_CFG)
+    single_process_step(model, random_samples(6, seed=SEED))
+    optimizer.step()
+    for step in (1, 2):
+        path = save_sharded_checkpoint(tmp_path, step, model, optimizer, extra={"step": step}, keep_last=1)
+    assert [p.name for p in path.parent.iterdir()] == [path.name]
+    expected = torch.rand(3)
+    fresh = tied_model(SEED + 1)
+    fresh_optimizer = build_optimizer(fresh, OPTIM_CFG)
+    loaded = load_sharded_checkpoint(path, fresh, fresh_optimizer)
+    assert torch.equal(torch.rand(3), expected)  # the RNG is back where it was when saved
+    assert loaded.extra == {"step": 2}
+    for key, value in model.state_dict().items():
+        assert torch.equal(fresh.state_dict()[key], value), key
+    assert_optim_equal(
+        get_optimizer_state_dict(fresh, fresh_optimizer), get_optimizer_state_dict(model, optimizer)
+    )
+    with pytest.raises(CheckpointError, match="has no scheduler.pt"):
+        load_sharded_checkpoint(path, fresh, scheduler=build_scheduler(fresh_optimizer, OPTIM_CFG, 10))
+
+
+def test_init_distributed_single_process(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    info = init_distributed(device_type="cpu", timeout_s=60)
+    assert (info.rank, info.world_size, info.local_rank, info.device, info.is_main) == (
+        0,
+        1,
+        0,
+        torch.device("cpu"),
+        True,
+    )
+    assert not dist.is_initialized()
+    assert float(global_sum(3)) == 3.0
+    assert gather_metrics({"a": 1.0}, sums={"a"}) == {"a": 1.0}
+    assert pad_micro_batches(["x", "y"]) == [("x", True), ("y", True)]
+
+
+GOOD_ENV = {
+    "WORLD_SIZE": "2",
+    "RANK": "1",
+    "LOCAL_RANK": "1",
+    "MASTER_ADDR": "127.0.0.1",
+    "MASTER_PORT": "29500",
+}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"WORLD_SIZE": None}, "RANK and LOCAL_RANK set but WORLD_SIZE is not"),
+        ({"RANK": None}, "WORLD_SIZE is set but RANK is not"),
+        ({"RANK": "one"}, "RANK='one' is not an integer"),
+        ({"RANK": "2"}, r"RANK=2 is outside \[0, WORLD_SIZE=2\)"),
+        ({"WORLD_SIZE": "0", "RANK": "0", "LOCAL_RANK": "0"}, "WORLD_SIZE=0 must be >= 1"),
+        ({"LOCAL_RANK": "-1"}, r"LOCAL_RANK=-1 must lie in \[0, RANK=1\]"),
+        ({"MASTER_ADDR": None}, "MASTER_ADDR is not"),
+        ({"MASTER_PORT": "70000"}, "MASTER_PORT=70000 is not a valid port"),
+    ],
+)
+def test_init_distributed_rejects_bad_env(monkeypatch, change, message):
+    for name, value in (GOOD_ENV | change).items():
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    with pytest.raises(DistributedEnvError, match=message):
+        init_distributed(device_type="cpu")
+    assert not dist.is_initialized()
+
+
+def test_shard_prompts_gives_every_prompt_to_exactly_one_rank():
+    prompts = list(range(10, 21))  # 11 prompts
+    shares = [shard_prompts(prompts, r, 3) for r in range(3)]
+    assert shares == [[10, 11, 12, 13], [14, 15, 16, 17], [18, 19, 20]]
+    assert shard_prompts(prompts, 0, 1) == prompts
+    with pytest.raises(ValueError, match="rank 3 is outside"):
+        shard_prompts(prompts, 3, 3)
+    with pytest.raises(ValueError, match="2 prompts cannot give each of 4 ranks one"):
+        shard_prompts([1, 2], 0, 4)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.WARNING)
+    worker(Path(sys.argv[1]))
