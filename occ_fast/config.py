@@ -578,6 +578,10 @@ def _problems(cfg: Config) -> list[str]:
     finite("mtp.lam_plus", mtp.lam_plus, 0.0, strict=False)
     need(mtp.exact_every >= 0, f"mtp.exact_every must be >= 0 (0 = never), got {mtp.exact_every}")
     need(mtp.exact_every == 0 or m.mtp_heads >= 1, "mtp.exact_every > 0 needs model.mtp_heads >= 1")
+    need(
+        not (mtp.exact_every and mtp.regime == "none"),
+        "mtp.exact_every > 0 needs an MTP term: mtp.regime must not be 'none'",
+    )
 
     # algorithm
     need(0.0 <= alg.eps_low < 1.0, f"algorithm.eps_low must be in [0, 1), got {alg.eps_low}")

@@ -34,6 +34,7 @@ from occ_fast.build import build_model, build_tokenizer, eval_records, resolve_d
 from occ_fast.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from occ_fast.config import Config, ConfigError, parse_config
 from occ_fast.data import PromptRecord, PromptSampler
+from occ_fast.diagnostics import exact_gradient_stats, proxy_exact_correlation
 from occ_fast.evaluation import evaluate
 from occ_fast.forward import policy_logprobs
 from occ_fast.metrics import MetricsLogger
@@ -52,6 +53,7 @@ PLOTS = {
     "occ_proxy": ["mtp/c_hat", "mtp/v2_hat"],
     "mtp_accuracy": ["mtp/accuracy"],
     "entropy": ["policy/entropy"],
+    "occ_exact": ["exact/lam_star", "exact/lam_proxy"],
 }
 
 
@@ -86,6 +88,7 @@ class Summary:
     final_lam: float | None
     eval_accuracy: float | None
     nan_skipped: int
+    proxy_vs_exact: dict[str, float] = field(default_factory=dict)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -106,6 +109,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         f" | final lam {lam} | held-out accuracy {acc} | NaN steps skipped {summary.nan_skipped}\n"
         f"run directory: {summary.run_dir}"
     )
+    if summary.proxy_vs_exact:
+        c = summary.proxy_vs_exact
+        console.print(
+            f"OCC proxy vs exact lam* over {c['exact/rows']} diagnosed steps: Pearson "
+            f"{c['exact/proxy_pearson']:.3f}, sign agreement {c['exact/proxy_sign_agreement']:.3f}"
+        )
     return 0
 
 
@@ -161,15 +170,28 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
 
     # 6. Policy updates: one optimizer step per mini-batch.
     t2 = time.perf_counter()
-    update = UpdateStats()
+    update, exact = UpdateStats(), {}
     task = run.progress.add_task(f"step {step}: updates", total=sum(len(micros) for _, micros in minis))
-    for (mini_samples, micros), olds in zip(minis, old_logprobs):
+    for i, ((mini_samples, micros), olds) in enumerate(zip(minis, old_logprobs)):
+        if cfg.mtp.exact_every and step % cfg.mtp.exact_every == 0 and i == len(minis) - 1:
+            # Diagnostics: exact <g_RL, g_MTP> and ||g_MTP||^2 beside the proxy, on the last mini-batch
+            # (on the first one the weights still equal the rollout weights and the proxy is 0).
+            exact = exact_gradient_stats(
+                run.model,
+                micros,
+                olds,
+                loss_cfg=run.loss_cfg,
+                num_tokens=response_tokens(mini_samples),
+                mtp_num_tokens=mtp_row_counts(mini_samples, run.model.num_mtp),
+                temperature=cfg.rollout.temperature,
+                autocast_dtype=run.autocast_dtype,
+            )
         update_mini_batch(
             run, mini_samples, micros, olds, update, on_micro=lambda: run.progress.advance(task)
         )
     run.progress.remove_task(task)
     run.scheduler.step()
-    timings["time/update_s"] = time.perf_counter() - t2
+    timings["time/update_s"] = time.perf_counter() - t2 - exact.get("exact/time_s", 0.0)
 
     # 7. The rollout engine samples from the new weights next step.
     run.engine.sync_weights(run.model)
@@ -183,6 +205,7 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
         "response/length_mean": sum(len(s.response_ids) for s in samples) / len(samples),
         "optim/lr": run.scheduler.get_last_lr()[0],
         **update.summary(),
+        **exact,
         **timings,
     }
 
@@ -351,6 +374,16 @@ class UpdateStats:
         return out
 
 
+def response_tokens(samples: list[Sample]) -> float:
+    """The main loss's token-mean normaliser: every response token of the mini-batch."""
+    return float(sum(len(s.response_ids) for s in samples))
+
+
+def mtp_row_counts(samples: list[Sample], depths: int) -> list[float]:
+    """Each MTP depth's normaliser: the response tokens it has a row for (at least 1)."""
+    return [float(max(sum(s.mtp_rows(k) for s in samples), 1)) for k in range(1, depths + 1)]
+
+
 def update_mini_batch(
     run: Run,
     samples: list[Sample],
@@ -361,8 +394,8 @@ def update_mini_batch(
 ) -> None:
     """Forward every micro-batch, backward its share of the mini-batch loss, then one optimizer step."""
     cfg, model = run.cfg, run.model
-    num_tokens = float(sum(len(s.response_ids) for s in samples))
-    mtp_tokens = [float(max(sum(s.mtp_rows(k) for s in samples), 1)) for k in range(1, model.num_mtp + 1)]
+    num_tokens = response_tokens(samples)
+    mtp_tokens = mtp_row_counts(samples, model.num_mtp)
     first_mini = stats.optimizer_steps + stats.nan_skipped == 0
     model.train()
     run.optimizer.zero_grad(set_to_none=True)
@@ -438,8 +471,6 @@ def run_eval(run: Run, step: int) -> dict[str, float]:
 
 
 def setup(cfg: Config, console: Console) -> Run:
-    if cfg.mtp.exact_every:
-        raise ConfigError("mtp.exact_every (exact-gradient diagnostics) is not available yet; set it to 0")
     run_dir = cfg.run_dir
     checkpoint = resolve_resume(cfg)
     torch.manual_seed(cfg.train.seed)
@@ -598,6 +629,7 @@ def summarize(run: Run) -> Summary:
         final_lam=history[-1].get("mtp/lam") if history else None,
         eval_accuracy=evals[-1] if evals else None,
         nan_skipped=int(sum(h["optim/nan_skipped"] for h in history)),
+        proxy_vs_exact=proxy_exact_correlation(history) if run.cfg.mtp.exact_every else {},
     )
 
 

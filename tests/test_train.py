@@ -184,3 +184,15 @@ def test_vllm_engine_without_vllm_says_what_to_install(tmp_path):
 def test_speculative_mtp_needs_vllm_engine(tmp_path):
     with pytest.raises(ConfigError, match="rollout.speculative='mtp' needs rollout.engine='vllm'"):
         fast_config(tmp_path, "--rollout.speculative", "mtp")
+
+
+def test_exact_gradient_diagnostics_are_logged_beside_the_proxy(tmp_path):
+    cfg = fast_config(tmp_path, "--mtp.exact-every", "2", "--train.steps", "3")
+    summary = train(cfg)
+    lines = read_metrics(cfg.run_dir)
+    assert ["exact/lam_star" in m for m in lines] == [True, False, True]
+    for m in (lines[0], lines[2]):
+        assert m["exact/v2"] >= 0 and m["exact/time_s"] > 0 and math.isfinite(m["exact/lam_proxy"])
+    assert summary.proxy_vs_exact["exact/rows"] <= 2
+    with pytest.raises(ConfigError, match="mtp.exact_every"):
+        fast_config(tmp_path, "--mtp.exact-every", "1", "--mtp.regime", "none")
