@@ -1,0 +1,1 @@
+"""Experiments built on the trainer: sweeps that produce tables and plots (``python -m occ_fast.experiments.NAME``)."""

@@ -1,0 +1,462 @@
+"""The MTP regime comparison at small scale (method.md sections 5, 6, 8): ``python -m occ_fast.experiments.regimes``.
+
+Trains the ``tiny`` preset (2-digit addition, 80 RL steps; its settings unchanged) under ``detach``,
+``ce``, ``policy`` with fixed lam 0.1 / 0.5 / 1.0 and ``occ``, for S seeds each, one after the
+other, then scores every run greedily on held-out problems and writes ``results.md``,
+``results.json``, ``reward.png`` and ``lam.png`` to the output directory (default
+``./runs/regimes-<timestamp>``)::
+
+    python -m occ_fast.experiments.regimes                               # 6 settings x 3 seeds
+    python -m occ_fast.experiments.regimes --regimes detach occ --seeds 2 --steps 40
+    python -m occ_fast.experiments.regimes --extra="--optim.lr 1e-3"     # any trainer override, every run
+    python -m occ_fast.experiments.regimes --output runs/regimes-X --resume   # finish an interrupted sweep
+
+Shared warm start. The SFT warm start is done once per seed (``warm-start/seed<S>/``) and every
+regime of that seed starts RL from it (``--model.name-or-path``, SFT steps 0), with the same RNG
+state, so their step-0 rollouts are identical. Letting each run warm-start itself would *not* give
+identical starts: under ``detach`` the MTP input is cut from the trunk during the SFT too, so the
+MTP cross-entropy no longer shapes the trunk (after 20 SFT steps all 43 trunk/head tensors differ
+from the other regimes', which agree exactly). The shared start is trained as every non-detach
+regime would train it (joint cross-entropy, as in pretraining). It also saves 15 of the 18 SFT phases.
+
+Cost on 2 CPU cores: one ``time python -m occ_fast.train`` of the tiny preset takes 72 s (about 10 s
+start-up, 30 s SFT, 32 s for 80 RL steps with periodic eval, plots and checkpoints). Here one seed's
+warm start (with its held-out score) takes about 28 s and each regime run about 31 s (``--regimes
+occ --seeds 1``: 68 s in all, start-up included), so the default sweep (3 warm starts, 18 runs)
+takes about 11 minutes on an otherwise idle machine, well inside the 30-minute budget: the preset's
+full setting is kept.
+
+Numbers per run: final reward = mean ``reward/mean`` over the last 10 RL steps; held-out accuracy
+= greedy accuracy on the same N problems of the synthetic held-out split for every run (drawn with
+data seed 0; the split is fixed by the problem, so no training draw of any seed can contain them);
+MTP accuracy = mean ``mtp/accuracy`` over the last 10 steps; final lam = the coefficient applied to
+the MTP policy term at the last step (OCC's ``lam_t``, the fixed lam of ``policy``; none for
+``detach``/``ce``, whose MTP term is a cross-entropy); OCC proxy lam = the last step's logged OCC
+estimate, which the trainer computes in every regime as a diagnostic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import transformers
+from rich.console import Console
+from rich.progress import Progress
+
+from occ_fast.build import build_model, build_tokenizer, eval_records, resolve_device
+from occ_fast.checkpoint import find_latest
+from occ_fast.config import Config, ConfigError, parse_config
+from occ_fast.eval import load_causal_lm
+from occ_fast.evaluation import evaluate
+from occ_fast.metrics import read_metrics
+from occ_fast.model import save_mtp_model
+from occ_fast.rewards import RewardScorer
+from occ_fast.rollout import TransformersEngine
+from occ_fast.tokenizer import load_tokenizer
+from occ_fast.train import sft_warm_start, train
+
+DEFAULT_SETTINGS = ("detach", "ce", "policy-0.1", "policy-0.5", "policy-1.0", "occ")
+POLICY_DEFAULT_LAMS = ("0.1", "0.5", "1.0")
+TAIL_STEPS = 10  # final reward and MTP accuracy average the last this many RL steps
+SMOOTH_WINDOW = 5  # trailing moving average of the plotted curves
+SUMMARY_KEYS = ("final_reward", "heldout_accuracy", "mtp_accuracy", "final_lam", "final_lam_proxy")
+# Trainer flags the sweep sets itself; an --extra naming one would silently change what is compared.
+CONTROLLED_FLAGS = frozenset(
+    {
+        "--mtp.regime", "--mtp.coef", "--train.seed", "--data.seed", "--model.name-or-path",
+        "--model.mtp-init", "--run.output-dir", "--run.name", "--run.resume",
+    }
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One regime setting of the sweep: ``detach``, ``ce``, ``occ`` or ``policy-<lam>``."""
+
+    name: str
+    regime: str
+    lam: float | None = None  # the fixed coefficient of ``policy``
+
+    def flags(self) -> list[str]:
+        coef = [] if self.lam is None else ["--mtp.coef", repr(self.lam)]
+        return ["--mtp.regime", self.regime, *coef]
+
+
+def parse_settings(names: Sequence[str]) -> list[Setting]:
+    """Regime names to settings; ``policy`` alone means the three default fixed lams."""
+    settings: list[Setting] = []
+    for name in names:
+        if name in ("detach", "ce", "occ"):
+            settings.append(Setting(name, name))
+        elif name == "policy":
+            settings += [Setting(f"policy-{lam}", "policy", float(lam)) for lam in POLICY_DEFAULT_LAMS]
+        elif name.startswith("policy-") and _is_positive_float(name.removeprefix("policy-")):
+            settings.append(Setting(name, "policy", float(name.removeprefix("policy-"))))
+        else:
+            raise ValueError(
+                f"unknown regime {name!r}: use detach, ce, occ, policy (= policy-0.1 policy-0.5 policy-1.0) "
+                "or policy-<lam> with lam > 0"
+            )
+    duplicates = sorted({s.name for s in settings if [t.name for t in settings].count(s.name) > 1})
+    if duplicates:
+        raise ValueError(f"regime settings named more than once: {', '.join(duplicates)}")
+    return settings
+
+
+def _is_positive_float(text: str) -> bool:
+    try:
+        return math.isfinite(float(text)) and float(text) > 0
+    except ValueError:
+        return False
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m occ_fast.experiments.regimes",
+        description="Train the tiny preset under every MTP regime for several seeds; compare them.",
+    )
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per setting: 0 .. S-1 (default 3)")
+    parser.add_argument(
+        "--regimes",
+        nargs="+",
+        default=list(DEFAULT_SETTINGS),
+        help="settings to run: detach ce occ policy (= policy-0.1 policy-0.5 policy-1.0) policy-<lam>",
+    )
+    parser.add_argument("--steps", type=int, help="RL steps per run (default: the preset's, 80)")
+    parser.add_argument("--output", type=Path, help="output directory (default ./runs/regimes-<timestamp>)")
+    parser.add_argument(
+        "--extra",
+        action="append",
+        default=[],
+        help='trainer overrides for every run, e.g. --extra="--optim.lr 1e-3" (repeatable)',
+    )
+    parser.add_argument("--held-out", type=int, default=256, help="held-out problems scored per run")
+    parser.add_argument("--resume", action="store_true", help="continue --output: skip finished runs")
+    args = parser.parse_args(argv)
+    try:
+        args.settings = parse_settings(args.regimes)
+    except ValueError as err:
+        parser.error(str(err))
+    args.extra = [token for chunk in args.extra for token in shlex.split(chunk)]
+    controlled = sorted({f for f in args.extra if f.split("=")[0].replace("_", "-") in CONTROLLED_FLAGS})
+    if controlled:
+        parser.error(f"--extra may not set {', '.join(controlled)}: the sweep sets them per run")
+    if args.seeds < 1 or args.held_out < 1 or (args.steps is not None and args.steps < 1):
+        parser.error("--seeds, --held-out and --steps must be >= 1")
+    if args.resume and args.output is None:
+        parser.error("--resume needs --output: the sweep directory to continue")
+    if args.output is None:
+        args.output = Path("runs") / f"regimes-{datetime.now():%Y%m%d-%H%M%S}"
+    if not args.resume and args.output.exists() and any(args.output.iterdir()):
+        parser.error(f"{args.output} is not empty: pass --resume to continue that sweep, or another --output")
+    return args
+
+
+def seed_argv(args: argparse.Namespace, seed: int) -> list[str]:
+    """Trainer flags shared by the warm start and every run of ``seed``."""
+    steps = ["--train.steps", str(args.steps)] if args.steps is not None else []
+    return [*args.extra, *steps, "--train.seed", str(seed), "--data.seed", str(seed)]
+
+
+def warm_start_dir(args: argparse.Namespace, seed: int) -> Path:
+    return args.output / "warm-start" / f"seed{seed}"
+
+
+def run_config(args: argparse.Namespace, setting: Setting, seed: int) -> Config:
+    """A run of ``setting`` starting RL from the seed's shared warm start."""
+    return parse_config(
+        [
+            *seed_argv(args, seed),
+            *setting.flags(),
+            "--model.name-or-path", str(warm_start_dir(args, seed)),
+            "--model.mtp-init", "checkpoint",
+            "--train.warmup-sft-steps", "0",
+            "--run.output-dir", str(args.output / "runs"),
+            "--run.name", f"{setting.name}-seed{seed}",
+        ]
+    )  # fmt: skip
+
+
+def build_warm_start(args: argparse.Namespace, seed: int, quiet: Console) -> None:
+    """Build and SFT the seed's model as the trainer would (joint MTP cross-entropy); save it."""
+    cfg = parse_config([*seed_argv(args, seed), "--mtp.regime", "occ", "--run.name", "warm-start"])
+    torch.manual_seed(cfg.train.seed)
+    tokenizer = build_tokenizer(cfg)
+    model = build_model(cfg, tokenizer, resolve_device(cfg))
+    if cfg.train.warmup_sft_steps:
+        sft_warm_start(cfg, model, tokenizer, Progress(console=quiet))
+    target = warm_start_dir(args, seed)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    save_mtp_model(model, partial, tokenizer=tokenizer)
+    partial.rename(target)  # a directory that exists is complete
+
+
+def heldout_accuracy(model_dir: Path, cfg: Config, num_problems: int) -> float:
+    """Greedy accuracy on the first ``num_problems`` of the held-out split (the same for every run)."""
+    eval_cfg = dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(cfg.data, seed=0),
+        eval=dataclasses.replace(cfg.eval, num_problems=num_problems, path=None),
+    )
+    model = load_causal_lm(model_dir, torch.float32).to(resolve_device(cfg))
+    with RewardScorer(cfg.reward.fn, num_workers=0) as scorer:
+        result = evaluate(
+            TransformersEngine(model, max_batch_size=cfg.rollout.batch_size),
+            load_tokenizer(model_dir),
+            eval_records(eval_cfg),
+            scorer,
+            k=1,
+            temperature=0.0,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+        )
+    return result.avg_at_k
+
+
+def run_numbers(setting: Setting, seed: int, cfg: Config, heldout: float) -> dict[str, Any]:
+    """One finished run's row of results.json, from its metrics.jsonl and held-out score."""
+    metrics = read_metrics(cfg.run_dir / "metrics.jsonl")
+    tail = metrics[-TAIL_STEPS:]
+    last_lam = metrics[-1].get("mtp/lam")
+    applied = {"occ": last_lam, "policy": setting.lam}.get(setting.regime)
+    mtp_hits = [m["mtp/accuracy"] for m in tail if "mtp/accuracy" in m]  # absent without MTP heads
+    return {
+        "setting": setting.name,
+        "regime": setting.regime,
+        "seed": seed,
+        "run_dir": str(cfg.run_dir),
+        "steps": len(metrics),
+        "final_reward": statistics.mean(m["reward/mean"] for m in tail),
+        "heldout_accuracy": heldout,
+        "mtp_accuracy": statistics.mean(mtp_hits) if mtp_hits else None,
+        "final_lam": applied,
+        "final_lam_proxy": last_lam,
+    }
+
+
+def summarize(runs: list[dict[str, Any]], settings: list[Setting]) -> dict[str, dict[str, Any]]:
+    """Per setting: seed count, then mean and sample std (None with one seed) of every number."""
+    summary = {}
+    for setting in settings:
+        rows = [r for r in runs if r["setting"] == setting.name]
+        if not rows:
+            continue
+        entry: dict[str, Any] = {"n": len(rows)}
+        for key in SUMMARY_KEYS:
+            values = [r[key] for r in rows if r[key] is not None]
+            entry[key] = {
+                "mean": statistics.mean(values) if values else None,
+                "std": statistics.stdev(values) if len(values) > 1 else None,
+            }
+        summary[setting.name] = entry
+    return summary
+
+
+def _fmt(stat: dict[str, float | None], signed: bool = False) -> str:
+    if stat["mean"] is None:
+        return "–"
+    digits = 4 if signed else 3  # the signed numbers are lams, OCC's often below 0.01
+    mean = f"{stat['mean']:+.{digits}f}" if signed else f"{stat['mean']:.{digits}f}"
+    return mean if stat["std"] is None else f"{mean} ± {stat['std']:.{digits}f}"
+
+
+def write_markdown(path: Path, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    lines = [
+        "# MTP regime comparison at small scale",
+        "",
+        f"Seeds {args.seeds}; RL steps {', '.join(map(str, results['rl_steps']))}; "
+        f"extra overrides `{shlex.join(args.extra)}`; held-out problems {args.held_out} (greedy). "
+        f"Mean ± sample std over seeds. Final reward and MTP accuracy: mean of the last {TAIL_STEPS} RL "
+        "steps. Final lam: the coefficient applied to the MTP policy term at the last step (none for "
+        "detach/ce); OCC proxy lam: the OCC estimate logged in every regime. The paper (method.md section 8) finds occ >= detach > policy > ce at 7B scale.",
+        "",
+        "| regime | seeds | final reward | held-out accuracy | MTP accuracy | final lam | OCC proxy lam |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, s in results["summary"].items():
+        lines.append(
+            f"| {name} | {s['n']} | {_fmt(s['final_reward'])} | {_fmt(s['heldout_accuracy'])} "
+            f"| {_fmt(s['mtp_accuracy'])} | {_fmt(s['final_lam'], True)} | {_fmt(s['final_lam_proxy'], True)} |"
+        )
+    starts = [w["heldout_accuracy"] for w in results["warm_start"]]
+    spread = f" ± {statistics.stdev(starts):.3f}" if len(starts) > 1 else ""
+    lines += [
+        "",
+        f"Held-out accuracy of the shared SFT warm start (before RL): {statistics.mean(starts):.3f}{spread}.",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def smooth(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average along the last axis; the first points average what there is."""
+    total = np.cumsum(values, axis=-1)
+    total[..., window:] = total[..., window:] - total[..., :-window]
+    return total / np.minimum(np.arange(1, values.shape[-1] + 1), window)
+
+
+def seed_curves(run_dirs: list[Path], key: str) -> tuple[np.ndarray, np.ndarray] | None:
+    """Steps common to every seed and the ``[seeds, steps]`` values of ``key``; None when not logged."""
+    per_run = [{m["step"]: m[key] for m in read_metrics(d / "metrics.jsonl") if key in m} for d in run_dirs]
+    steps = sorted(set.intersection(*(set(r) for r in per_run)))
+    if not steps:
+        return None
+    return np.array(steps), np.array([[r[s] for s in steps] for r in per_run], dtype=float)
+
+
+def plot_band(axes: Any, steps: np.ndarray, values: np.ndarray, label: str, color: str) -> None:
+    """Mean over seeds of the smoothed curves, shaded ± their std."""
+    curves = smooth(values, SMOOTH_WINDOW)
+    mean, std = curves.mean(axis=0), curves.std(axis=0)
+    axes.plot(steps, mean, label=label, color=color)
+    axes.fill_between(steps, mean - std, mean + std, color=color, alpha=0.2)
+
+
+def write_plots(output: Path, runs: list[dict[str, Any]], settings: list[Setting]) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    colors = {s.name: f"C{i}" for i, s in enumerate(settings)}
+    dirs = {s.name: [Path(r["run_dir"]) for r in runs if r["setting"] == s.name] for s in settings}
+    present = [s for s in settings if dirs[s.name]]
+
+    figure = Figure(figsize=(8, 4.5), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    for s in present:
+        steps, values = seed_curves(dirs[s.name], "reward/mean")
+        plot_band(axes, steps, values, f"{s.name} (n={len(dirs[s.name])})", colors[s.name])
+    axes.set(
+        xlabel="RL step", ylabel="reward", title=f"training reward (moving average {SMOOTH_WINDOW}, ± std)"
+    )
+    axes.grid(alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(output / "reward.png")
+
+    figure = Figure(figsize=(12, 4.5), dpi=100)
+    FigureCanvasAgg(figure)
+    applied, proxy = figure.subplots(1, 2)
+    for s in present:
+        curves = seed_curves(dirs[s.name], "mtp/lam")
+        if curves is None:
+            continue
+        plot_band(proxy, *curves, s.name, colors[s.name])
+        if s.regime == "occ":
+            plot_band(applied, *curves, s.name, colors[s.name])
+        elif s.regime == "policy":
+            applied.plot(curves[0], np.full(len(curves[0]), s.lam), label=s.name, color=colors[s.name])
+    applied.set_yscale("symlog", linthresh=1e-2)  # OCC's lam_t is small beside the fixed lams
+    applied.set(
+        xlabel="RL step", ylabel="lam (symlog)", title="coefficient of the MTP policy term (occ, policy)"
+    )
+    proxy.set(xlabel="RL step", ylabel="lam", title="OCC proxy lam, logged in every regime")
+    for axes in (applied, proxy):
+        axes.axhline(0.0, color="black", linewidth=0.5)
+        axes.grid(alpha=0.3)
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend()
+    figure.tight_layout()
+    figure.savefig(output / "lam.png")
+
+
+def write_results(args: argparse.Namespace, runs: list[dict[str, Any]], warm: list[dict[str, Any]]) -> None:
+    results = {
+        "settings": [s.name for s in args.settings],
+        "seeds": args.seeds,
+        "rl_steps": sorted({r["steps"] for r in runs}),
+        "extra": args.extra,
+        "held_out": args.held_out,
+        "warm_start": warm,
+        "runs": runs,
+        "summary": summarize(runs, args.settings),
+    }
+    (args.output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_markdown(args.output / "results.md", args, results)
+    write_plots(args.output, runs, args.settings)
+
+
+def prepare_run_dir(cfg: Config) -> Config | None:
+    """The config to train with, or None when the run is already finished (under --resume).
+
+    An unfinished run continues from its last checkpoint, or starts over when it has none.
+    """
+    if (cfg.run_dir / "model").is_dir():
+        return None
+    if find_latest(cfg.run_dir) is not None:
+        return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume="auto"))
+    shutil.rmtree(cfg.run_dir, ignore_errors=True)
+    return cfg
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    console = Console(stderr=True)
+    quiet = Console(quiet=True)
+    transformers.logging.set_verbosity_error()  # our own checkpoints: the load reports are expected
+    transformers.logging.disable_progress_bar()  # one line per run is the progress report
+    jobs = [(seed, s) for seed in range(args.seeds) for s in args.settings]
+    try:
+        configs = {(seed, s.name): run_config(args, s, seed) for seed, s in jobs}  # all flags checked first
+    except ConfigError as err:
+        console.print(f"[bold red]invalid configuration[/]\n{err}")
+        return 2
+    args.output.mkdir(parents=True, exist_ok=True)
+    console.print(f"regime sweep: {len(args.settings)} settings x {args.seeds} seeds -> {args.output}")
+    runs: list[dict[str, Any]] = []
+    warm: list[dict[str, Any]] = []
+    run_s: list[float] = []  # wall time of the runs trained (and scored) by this invocation
+    warm_s: list[float] = []
+    for index, (seed, setting) in enumerate(jobs, start=1):
+        cfg = configs[(seed, setting.name)]
+        start = warm_start_dir(args, seed)
+        if not any(w["seed"] == seed for w in warm):
+            begin = time.perf_counter()
+            if not start.is_dir():
+                with console.status(f"seed {seed}: SFT warm start"):
+                    build_warm_start(args, seed, quiet)
+                warm_s.append(time.perf_counter() - begin)
+            accuracy = heldout_accuracy(start, cfg, args.held_out)
+            warm.append({"seed": seed, "dir": str(start), "heldout_accuracy": accuracy})
+        begin = time.perf_counter()
+        todo = prepare_run_dir(cfg)
+        if todo is not None:
+            with console.status(f"[{index}/{len(jobs)}] training {setting.name} seed {seed}"):
+                train(todo, console=quiet)
+        row = run_numbers(setting, seed, cfg, heldout_accuracy(cfg.run_dir / "model", cfg, args.held_out))
+        runs.append(row)
+        write_results(args, runs, warm)
+        elapsed = time.perf_counter() - begin
+        if todo is not None:
+            run_s.append(elapsed)
+        starts_left = sum(not warm_start_dir(args, s).is_dir() for s in range(seed + 1, args.seeds))
+        eta = (statistics.mean(run_s) if run_s else 0.0) * (len(jobs) - index)
+        eta += (statistics.mean(warm_s) if warm_s else 0.0) * starts_left
+        console.print(
+            f"[{index}/{len(jobs)}] [bold]{setting.name}[/] seed {seed}"
+            f"{' (finished earlier)' if todo is None else ''}: reward {row['final_reward']:.3f}"
+            f" | held-out {row['heldout_accuracy']:.3f}"
+            f" | mtp acc {_fmt({'mean': row['mtp_accuracy'], 'std': None})}"
+            f" | lam {_fmt({'mean': row['final_lam'], 'std': None}, True)}"
+            f" | {elapsed:.0f}s | ETA {eta / 60:.1f} min"
+        )
+    console.print(f"results: {args.output / 'results.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

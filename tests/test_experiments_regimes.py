@@ -1,0 +1,127 @@
+"""The regime sweep end to end on a miniature setting: tables, plots, shared warm start, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+
+import numpy as np
+import pytest
+import yaml
+
+from occ_fast.experiments.regimes import SUMMARY_KEYS, main, parse_settings, smooth
+
+MINI = (
+    "--model.tiny.hidden-size 32 --model.tiny.intermediate-size 64 --model.tiny.num-layers 1 "
+    "--train.warmup-sft-steps 5 --train.sft-batch-size 16 --train.steps 2 --data.prompts-per-step 4 "
+    "--rollout.n 4 --rollout.max-new-tokens 5 --optim.mini-batches 1 --eval.every 0"
+)
+
+
+def sweep_argv(output, *extra: str) -> list[str]:
+    return [
+        "--regimes", "detach", "occ", "--seeds", "2", "--held-out", "8",
+        "--output", str(output), f"--extra={MINI}", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    output = tmp_path_factory.mktemp("sweep") / "out"
+    assert main(sweep_argv(output)) == 0
+    return output
+
+
+def metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_sweep_writes_tables_json_and_plots(sweep):
+    table = (sweep / "results.md").read_text()
+    assert "| detach | 2 |" in table and "| occ | 2 |" in table
+    results = json.loads((sweep / "results.json").read_text())
+    assert sorted((r["setting"], r["seed"]) for r in results["runs"]) == [
+        ("detach", 0), ("detach", 1), ("occ", 0), ("occ", 1),
+    ]  # fmt: skip
+    for name in ("detach", "occ"):
+        rows = [r for r in results["runs"] if r["setting"] == name]
+        entry = results["summary"][name]
+        assert entry["n"] == 2
+        for key in SUMMARY_KEYS:
+            values = [r[key] for r in rows if r[key] is not None]
+            if not values:  # detach applies no coefficient to an MTP policy term
+                assert (name, key) == ("detach", "final_lam") and entry[key]["mean"] is None
+                continue
+            assert entry[key]["mean"] == pytest.approx(statistics.mean(values))
+            assert entry[key]["std"] == pytest.approx(statistics.stdev(values))
+    for row in results["runs"]:
+        lines = metrics(sweep / "runs" / f"{row['setting']}-seed{row['seed']}")
+        assert row["final_reward"] == pytest.approx(statistics.mean(m["reward/mean"] for m in lines))
+        assert row["mtp_accuracy"] == pytest.approx(statistics.mean(m["mtp/accuracy"] for m in lines))
+        assert row["final_lam_proxy"] == lines[-1]["mtp/lam"]
+        assert 0.0 <= row["heldout_accuracy"] <= 1.0
+    for plot in ("reward.png", "lam.png"):
+        assert (sweep / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_regimes_of_a_seed_share_one_warm_start(sweep):
+    """Same seed: same start weights and RNG, so step 0 (one mini-batch: one forward before any update)
+    sees the same rollouts and main-head entropy in every regime; another seed does not."""
+    entropy = {}
+    for seed in (0, 1):
+        runs = [sweep / "runs" / f"{regime}-seed{seed}" for regime in ("detach", "occ")]
+        starts = {yaml.safe_load((r / "config.yaml").read_text())["model"]["name_or_path"] for r in runs}
+        assert starts == {str(sweep / "warm-start" / f"seed{seed}")}
+        first = [metrics(r)[0] for r in runs]
+        for key in ("reward/mean", "response/length_mean", "policy/entropy"):
+            assert first[0][key] == first[1][key], key
+        entropy[seed] = first[0]["policy/entropy"]
+    assert entropy[0] != entropy[1]
+
+
+def test_resume_skips_finished_runs_and_finishes_the_rest(sweep):
+    done = sweep / "runs" / "occ-seed0"
+    unfinished = sweep / "runs" / "detach-seed1"
+    shutil.rmtree(unfinished / "model")  # as if interrupted after the last checkpoint
+    mtime = (done / "metrics.jsonl").stat().st_mtime_ns
+    before = json.loads((sweep / "results.json").read_text())["summary"]
+    assert main(sweep_argv(sweep, "--resume")) == 0
+    assert (done / "metrics.jsonl").stat().st_mtime_ns == mtime
+    assert (unfinished / "model").is_dir()
+    assert json.loads((sweep / "results.json").read_text())["summary"] == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--regimes", "detach", "polcy"], "unknown regime 'polcy'"),
+        (["--regimes", "policy-0"], "unknown regime 'policy-0'"),
+        (["--extra=--mtp.regime ce"], "--extra may not set --mtp.regime"),
+        (["--resume"], "--resume needs --output"),
+    ],
+)
+def test_bad_arguments_fail_clearly(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_existing_sweep_needs_resume(sweep, capsys):
+    with pytest.raises(SystemExit):
+        main(sweep_argv(sweep))
+    assert "pass --resume" in capsys.readouterr().err
+
+
+def test_policy_expands_to_the_default_fixed_lams():
+    assert [(s.name, s.lam) for s in parse_settings(["policy", "policy-0.3"])] == [
+        ("policy-0.1", 0.1), ("policy-0.5", 0.5), ("policy-1.0", 1.0), ("policy-0.3", 0.3),
+    ]  # fmt: skip
+    assert parse_settings(["occ"])[0].flags() == ["--mtp.regime", "occ"]
+
+
+def test_smooth_is_a_trailing_moving_average():
+    values = np.array([[1.0, 3.0, 5.0, 7.0, 9.0], [0.0, 0.0, 6.0, 0.0, 0.0]])
+    expected = np.array([[1.0, 2.0, 3.0, 5.0, 7.0], [0.0, 0.0, 2.0, 2.0, 2.0]])
+    np.testing.assert_allclose(smooth(values, 3), expected)
