@@ -26,6 +26,41 @@ logger = logging.getLogger(__name__)
 
 
 @triton.jit
+def _logit_tile(
+    hidden_ptr,
+    weight_ptr,
+    offs_m,
+    offs_v,
+    row_ok,
+    col_ok,
+    H,
+    stride_hm,
+    stride_wv,
+    BLOCK_M: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+):
+    """``hidden[offs_m] @ weight[offs_v].T`` as an fp32 ``[BLOCK_M, BLOCK_V]`` tile, masked rows/cols 0."""
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros([BLOCK_M, BLOCK_V], tl.float32)
+    for k0 in range(0, H, BLOCK_K):
+        k_ok = (k0 + offs_k) < H
+        h = tl.load(
+            hidden_ptr + offs_m[:, None] * stride_hm + (k0 + offs_k)[None, :],
+            mask=row_ok[:, None] & k_ok[None, :],
+            other=0.0,
+        )
+        w = tl.load(
+            weight_ptr + offs_v[:, None] * stride_wv + (k0 + offs_k)[None, :],
+            mask=col_ok[:, None] & k_ok[None, :],
+            other=0.0,
+        )
+        acc = tl.dot(h, tl.trans(w), acc, input_precision=DOT_PRECISION)
+    return acc
+
+
+@triton.jit
 def _forward_kernel(
     hidden_ptr,
     weight_ptr,
@@ -53,7 +88,6 @@ def _forward_kernel(
     row_ok = offs_m < M
     targets = tl.load(targets_ptr + offs_m, mask=row_ok, other=-1)
     inv_temp = tl.load(inv_temp_ptr + offs_m, mask=row_ok, other=1.0)
-    offs_k = tl.arange(0, BLOCK_K)
 
     v_begin = pid_split * V_PER_SPLIT
     v_end = tl.minimum(v_begin + V_PER_SPLIT, V)
@@ -64,20 +98,10 @@ def _forward_kernel(
     for v0 in range(v_begin, v_end, BLOCK_V):
         offs_v = v0 + tl.arange(0, BLOCK_V)
         col_ok = offs_v < v_end
-        acc = tl.zeros([BLOCK_M, BLOCK_V], tl.float32)
-        for k0 in range(0, H, BLOCK_K):
-            k_ok = (k0 + offs_k) < H
-            h = tl.load(
-                hidden_ptr + offs_m[:, None] * stride_hm + (k0 + offs_k)[None, :],
-                mask=row_ok[:, None] & k_ok[None, :],
-                other=0.0,
-            )
-            w = tl.load(
-                weight_ptr + offs_v[:, None] * stride_wv + (k0 + offs_k)[None, :],
-                mask=col_ok[:, None] & k_ok[None, :],
-                other=0.0,
-            )
-            acc = tl.dot(h, tl.trans(w), acc, input_precision=DOT_PRECISION)
+        acc = _logit_tile(
+            hidden_ptr, weight_ptr, offs_m, offs_v, row_ok, col_ok, H, stride_hm, stride_wv,
+            BLOCK_M, BLOCK_V, BLOCK_K, DOT_PRECISION,
+        )  # fmt: skip
         z = acc * inv_temp[:, None]
         z = tl.where(col_ok[None, :], z, float("-inf"))
         new_max = tl.maximum(run_max, tl.max(z, axis=1))
@@ -128,25 +152,13 @@ def _dlogits_kernel(
     pid_v = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_v = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
-    offs_k = tl.arange(0, BLOCK_K)
     row_ok = offs_m < M
     col_ok = offs_v < V
 
-    acc = tl.zeros([BLOCK_M, BLOCK_V], tl.float32)
-    for k0 in range(0, H, BLOCK_K):
-        k_ok = (k0 + offs_k) < H
-        h = tl.load(
-            hidden_ptr + offs_m[:, None] * stride_hm + (k0 + offs_k)[None, :],
-            mask=row_ok[:, None] & k_ok[None, :],
-            other=0.0,
-        )
-        w = tl.load(
-            weight_ptr + offs_v[:, None] * stride_wv + (k0 + offs_k)[None, :],
-            mask=col_ok[:, None] & k_ok[None, :],
-            other=0.0,
-        )
-        acc = tl.dot(h, tl.trans(w), acc, input_precision=DOT_PRECISION)
-
+    acc = _logit_tile(
+        hidden_ptr, weight_ptr, offs_m, offs_v, row_ok, col_ok, H, stride_hm, stride_wv,
+        BLOCK_M, BLOCK_V, BLOCK_K, DOT_PRECISION,
+    )  # fmt: skip
     inv_temp = tl.load(inv_temp_ptr + offs_m, mask=row_ok, other=1.0)
     row_max = tl.load(row_max_ptr + offs_m, mask=row_ok, other=0.0)
     log_sumexp = tl.load(log_sumexp_ptr + offs_m, mask=row_ok, other=0.0)
