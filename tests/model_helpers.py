@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen3Config
+from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config, Qwen2ForCausalLM, Qwen3Config
 
 from occ_fast.model import MTPModel
 
@@ -47,6 +47,30 @@ def tiny_mtp_model(arch: str = "qwen2", num_mtp: int = 1, seed: int = 0, **kwarg
     return randomize_mtp(
         MTPModel.from_base(tiny_base(arch, seed), num_mtp, attn_implementation="sdpa", **kwargs)
     )
+
+
+def small_qwen2_mtp(
+    *,
+    vocab: int,
+    num_mtp: int = 2,
+    seed: int = 0,
+    tie: bool = False,
+    attention_dropout: float = 0.0,
+    **wrapper,
+) -> MTPModel:
+    """A 32-wide Qwen2 with fresh MTP heads, for the loop-level tests (batching, diagnostics, FSDP)."""
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=tie,
+        attention_dropout=attention_dropout,
+    )
+    return MTPModel.from_base(Qwen2ForCausalLM(config), num_mtp, attn_implementation="sdpa", **wrapper)
 
 
 # Three sequences (prompt length, response length); the third has a one-token prompt, so its first

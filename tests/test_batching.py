@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from model_helpers import small_qwen2_mtp
 
 from occ_fast.algorithm import LossConfig, compute_loss
 from occ_fast.batching import Sample, make_micro_batches
@@ -15,17 +15,7 @@ VOCAB = 61
 
 
 def tiny_model(seed: int = 0) -> MTPModel:
-    torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=False,
-    )
-    return MTPModel.from_base(Qwen2ForCausalLM(config), 2, attn_implementation="sdpa")
+    return small_qwen2_mtp(vocab=VOCAB, num_mtp=2, seed=seed)
 
 
 def random_samples(n: int, seed: int = 0) -> list[Sample]:

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from model_helpers import small_qwen2_mtp
 from torch import nn
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from occ_fast.algorithm import LossConfig, compute_loss, policy_loss
 from occ_fast.batching import Sample, make_micro_batches
@@ -24,18 +24,9 @@ TEMPERATURE = 0.9
 
 
 def tiny_model(num_mtp: int = 2, seed: int = 0, attention_dropout: float = 0.0, **kwargs) -> MTPModel:
-    torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=False,
-        attention_dropout=attention_dropout,
+    return small_qwen2_mtp(
+        vocab=VOCAB, num_mtp=num_mtp, seed=seed, attention_dropout=attention_dropout, **kwargs
     )
-    return MTPModel.from_base(Qwen2ForCausalLM(config), num_mtp, attn_implementation="sdpa", **kwargs)
 
 
 def make_samples(n: int = 8, seed: int = 0) -> list[Sample]:

@@ -19,13 +19,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
+from model_helpers import small_qwen2_mtp
 from test_batching import VOCAB, random_samples, tiny_model
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
 )
-from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from occ_fast.algorithm import LossConfig, compute_loss
 from occ_fast.batching import MicroBatch, Sample, make_micro_batches
@@ -65,17 +65,7 @@ TORCHRUN_TIMEOUT_S = 150
 
 def tied_model(seed: int) -> MTPModel:
     """A model whose lm_head is the embedding (as in small Qwen2.5 models): one shared FSDP parameter."""
-    torch.manual_seed(seed)
-    config = Qwen2Config(
-        vocab_size=VOCAB,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        tie_word_embeddings=True,
-    )
-    return MTPModel.from_base(Qwen2ForCausalLM(config), 1, attn_implementation="sdpa")
+    return small_qwen2_mtp(vocab=VOCAB, num_mtp=1, seed=seed, tie=True)
 
 
 def token_counts(samples: list[Sample], num_mtp: int) -> tuple[float, list[float]]:
