@@ -35,13 +35,20 @@ def policy_logprobs(
     *,
     temperature: float,
     with_entropy: bool = False,
+    with_mtp: bool = True,
     autocast_dtype: torch.dtype | None = None,
 ) -> HeadOutputs:
-    """Log-probs (at the rollout temperature, as the sampler used it) of every head on ``batch``."""
+    """Log-probs (at the rollout temperature, as the sampler used it) of every head on ``batch``;
+    of the main head alone with ``with_mtp=False`` (the MTP depths are then not run at all)."""
     with torch.autocast(
         batch.input_ids.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
     ):
-        out = model(batch.input_ids, attention_mask=batch.attention_mask, position_ids=batch.position_ids)
+        out = model(
+            batch.input_ids,
+            attention_mask=batch.attention_mask,
+            position_ids=batch.position_ids,
+            with_mtp=with_mtp,
+        )
     rows = build_head_rows(out, batch.input_ids, batch.response_mask)
     heads = head_logprobs(out, rows, temperature=temperature, return_entropy=with_entropy)
     return HeadOutputs(rows, heads)

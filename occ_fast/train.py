@@ -325,7 +325,11 @@ def mini_batches(run: Run, samples: list[Sample]) -> list[tuple[list[Sample], li
 def old_main_logprobs(run: Run, micro: MicroBatch) -> torch.Tensor:
     """``lp_old``: the main head's log-probs under the weights that generated the rollouts."""
     out = policy_logprobs(
-        run.model, micro, temperature=run.cfg.rollout.temperature, autocast_dtype=run.autocast_dtype
+        run.model,
+        micro,
+        temperature=run.cfg.rollout.temperature,
+        with_mtp=False,  # lp_old is the main head's alone (method.md section 3): skip the MTP depths
+        autocast_dtype=run.autocast_dtype,
     )
     return out.heads[0].logprob
 

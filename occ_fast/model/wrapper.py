@@ -94,8 +94,11 @@ class MTPModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.Tensor | None = None,
+        with_mtp: bool = True,
     ) -> MTPForwardOutput:
-        """Run the trunk and every MTP depth on ``[B, T]`` ids (padded and/or packed, see :mod:`.layout`)."""
+        """Run the trunk and every MTP depth on ``[B, T]`` ids (padded and/or packed, see :mod:`.layout`).
+
+        ``with_mtp=False`` skips the MTP depths (``mtp_hidden`` is empty): for main-head-only passes."""
         layout = make_layout(input_ids, attention_mask, position_ids)
         decoder = decoder_of(self.base)
         impl = self.base.config._attn_implementation
@@ -119,7 +122,7 @@ class MTPModel(nn.Module):
         if self.detach_trunk or self.detach_lm_head:
             embeds = embeds.detach()
         mtp_hidden = []
-        for k, layer in enumerate(self.mtp, start=1):
+        for k, layer in enumerate(self.mtp if with_mtp else [], start=1):
             # Row i reads token i+k, at position i+k; rows whose token i+k lies in another
             # sequence (or past the row) get a zero embedding and are never scored.
             ahead = layout.same_sequence_ahead(k)
