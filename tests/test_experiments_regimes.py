@@ -55,6 +55,16 @@ def test_sweep_writes_tables_json_and_plots(sweep):
                 continue
             assert entry[key]["mean"] == pytest.approx(statistics.mean(values))
             assert entry[key]["std"] == pytest.approx(statistics.stdev(values))
+        for key in ("final_reward", "heldout_accuracy"):  # paired with detach (the first setting), per seed
+            diffs = [
+                r[key]
+                - next(d for d in results["runs"] if (d["setting"], d["seed"]) == ("detach", r["seed"]))[key]
+                for r in rows
+            ]
+            assert entry[f"paired_{key}"]["mean"] == pytest.approx(statistics.mean(diffs))
+            assert entry[f"paired_{key}"]["std"] == pytest.approx(statistics.stdev(diffs))
+    assert results["summary"]["detach"]["paired_heldout_accuracy"] == {"mean": 0.0, "std": 0.0}
+    assert "paired Δ held-out" in table
     for row in results["runs"]:
         lines = metrics(sweep / "runs" / f"{row['setting']}-seed{row['seed']}")
         assert row["final_reward"] == pytest.approx(statistics.mean(m["reward/mean"] for m in lines))
@@ -97,6 +107,8 @@ def test_resume_skips_finished_runs_and_finishes_the_rest(sweep):
     [
         (["--regimes", "detach", "polcy"], "unknown regime 'polcy'"),
         (["--regimes", "policy-0"], "unknown regime 'policy-0'"),
+        (["--regimes", "ce-x"], "unknown regime 'ce-x'"),
+        (["--regimes", "occ-0.5"], "unknown regime 'occ-0.5'"),
         (["--extra=--mtp.regime ce"], "--extra may not set --mtp.regime"),
         (["--resume"], "--resume needs --output"),
     ],
@@ -115,10 +127,17 @@ def test_existing_sweep_needs_resume(sweep, capsys):
 
 
 def test_policy_expands_to_the_default_fixed_lams():
-    assert [(s.name, s.lam) for s in parse_settings(["policy", "policy-0.3"])] == [
+    assert [(s.name, s.coef) for s in parse_settings(["policy", "policy-0.3"])] == [
         ("policy-0.1", 0.1), ("policy-0.5", 0.5), ("policy-1.0", 1.0), ("policy-0.3", 0.3),
     ]  # fmt: skip
     assert parse_settings(["occ"])[0].flags() == ["--mtp.regime", "occ"]
+
+
+def test_ce_and_detach_take_a_coefficient():
+    ce, detach = parse_settings(["ce-2.5", "detach-1"])
+    assert ce.flags() == ["--mtp.regime", "ce", "--mtp.coef", "2.5"]
+    assert (detach.name, detach.regime, detach.coef) == ("detach-1", "detach", 1.0)
+    assert parse_settings(["ce"])[0].flags() == ["--mtp.regime", "ce"]  # the preset's coefficient
 
 
 def test_smooth_is_a_trailing_moving_average():

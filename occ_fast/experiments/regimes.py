@@ -75,6 +75,7 @@ POLICY_DEFAULT_LAMS = ("0.1", "0.5", "1.0")
 TAIL_STEPS = 10  # final reward and MTP accuracy average the last this many RL steps
 SMOOTH_WINDOW = 5  # trailing moving average of the plotted curves
 SUMMARY_KEYS = ("final_reward", "heldout_accuracy", "mtp_accuracy", "final_lam", "final_lam_proxy")
+PAIRED_KEYS = ("final_reward", "heldout_accuracy")  # also reported as differences from the reference
 # Trainer flags the sweep sets itself; an --extra naming one would silently change what is compared.
 CONTROLLED_FLAGS = frozenset(
     {
@@ -86,14 +87,15 @@ CONTROLLED_FLAGS = frozenset(
 
 @dataclass(frozen=True)
 class Setting:
-    """One regime setting of the sweep: ``detach``, ``ce``, ``occ`` or ``policy-<lam>``."""
+    """One regime setting of the sweep: ``detach``, ``ce``, ``occ``, or ``<regime>-<coef>`` for
+    ``policy`` (its fixed lam) and ``detach``/``ce`` (the MTP cross-entropy coefficient c)."""
 
     name: str
     regime: str
-    lam: float | None = None  # the fixed coefficient of ``policy``
+    coef: float | None = None  # None: the preset's mtp.coef
 
     def flags(self) -> list[str]:
-        coef = [] if self.lam is None else ["--mtp.coef", repr(self.lam)]
+        coef = [] if self.coef is None else ["--mtp.coef", repr(self.coef)]
         return ["--mtp.regime", self.regime, *coef]
 
 
@@ -101,16 +103,17 @@ def parse_settings(names: Sequence[str]) -> list[Setting]:
     """Regime names to settings; ``policy`` alone means the three default fixed lams."""
     settings: list[Setting] = []
     for name in names:
+        regime, _, coef = name.partition("-")
         if name in ("detach", "ce", "occ"):
             settings.append(Setting(name, name))
         elif name == "policy":
             settings += [Setting(f"policy-{lam}", "policy", float(lam)) for lam in POLICY_DEFAULT_LAMS]
-        elif name.startswith("policy-") and _is_positive_float(name.removeprefix("policy-")):
-            settings.append(Setting(name, "policy", float(name.removeprefix("policy-"))))
+        elif regime in ("policy", "detach", "ce") and _is_positive_float(coef):
+            settings.append(Setting(name, regime, float(coef)))
         else:
             raise ValueError(
-                f"unknown regime {name!r}: use detach, ce, occ, policy (= policy-0.1 policy-0.5 policy-1.0) "
-                "or policy-<lam> with lam > 0"
+                f"unknown regime {name!r}: use detach, ce, occ, policy (= policy-0.1 policy-0.5 policy-1.0), "
+                "policy-<lam>, ce-<coef> or detach-<coef> with a coefficient > 0"
             )
     duplicates = sorted({s.name for s in settings if [t.name for t in settings].count(s.name) > 1})
     if duplicates:
@@ -135,7 +138,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--regimes",
         nargs="+",
         default=list(DEFAULT_SETTINGS),
-        help="settings to run: detach ce occ policy (= policy-0.1 policy-0.5 policy-1.0) policy-<lam>",
+        help="settings to run: detach ce occ policy (= policy-0.1 policy-0.5 policy-1.0) policy-<lam> "
+        "ce-<coef> detach-<coef>",
     )
     parser.add_argument("--steps", type=int, help="RL steps per run (default: the preset's, 80)")
     parser.add_argument("--output", type=Path, help="output directory (default ./runs/regimes-<timestamp>)")
@@ -233,7 +237,7 @@ def run_numbers(setting: Setting, seed: int, cfg: Config, heldout: float) -> dic
     metrics = read_metrics(cfg.run_dir / "metrics.jsonl")
     tail = metrics[-TAIL_STEPS:]
     last_lam = metrics[-1].get("mtp/lam")
-    applied = {"occ": last_lam, "policy": setting.lam}.get(setting.regime)
+    applied = {"occ": last_lam, "policy": setting.coef}.get(setting.regime)
     mtp_hits = [m["mtp/accuracy"] for m in tail if "mtp/accuracy" in m]  # absent without MTP heads
     return {
         "setting": setting.name,
@@ -250,7 +254,19 @@ def run_numbers(setting: Setting, seed: int, cfg: Config, heldout: float) -> dic
 
 
 def summarize(runs: list[dict[str, Any]], settings: list[Setting]) -> dict[str, dict[str, Any]]:
-    """Per setting: seed count, then mean and sample std (None with one seed) of every number."""
+    """Per setting: seed count, then mean and sample std (None with one seed) of every number.
+
+    ``paired_*``: the per-seed difference from the first setting (the reference), averaged over the
+    seeds both have run. Every setting of a seed starts from the same warm start, so the pairing
+    removes the warm start's seed-to-seed spread, which dwarfs the regime differences here."""
+
+    def stat(values: list[float]) -> dict[str, float | None]:
+        return {
+            "mean": statistics.mean(values) if values else None,
+            "std": statistics.stdev(values) if len(values) > 1 else None,
+        }
+
+    reference = {r["seed"]: r for r in runs if r["setting"] == settings[0].name}
     summary = {}
     for setting in settings:
         rows = [r for r in runs if r["setting"] == setting.name]
@@ -258,39 +274,44 @@ def summarize(runs: list[dict[str, Any]], settings: list[Setting]) -> dict[str, 
             continue
         entry: dict[str, Any] = {"n": len(rows)}
         for key in SUMMARY_KEYS:
-            values = [r[key] for r in rows if r[key] is not None]
-            entry[key] = {
-                "mean": statistics.mean(values) if values else None,
-                "std": statistics.stdev(values) if len(values) > 1 else None,
-            }
+            entry[key] = stat([r[key] for r in rows if r[key] is not None])
+        for key in PAIRED_KEYS:
+            entry[f"paired_{key}"] = stat(
+                [r[key] - reference[r["seed"]][key] for r in rows if r["seed"] in reference]
+            )
         summary[setting.name] = entry
     return summary
 
 
-def _fmt(stat: dict[str, float | None], signed: bool = False) -> str:
+def _fmt(stat: dict[str, float | None], signed: bool = False, digits: int | None = None) -> str:
     if stat["mean"] is None:
         return "–"
-    digits = 4 if signed else 3  # the signed numbers are lams, OCC's often below 0.01
+    digits = digits or (4 if signed else 3)  # signed numbers default to lams, OCC's often below 0.01
     mean = f"{stat['mean']:+.{digits}f}" if signed else f"{stat['mean']:.{digits}f}"
     return mean if stat["std"] is None else f"{mean} ± {stat['std']:.{digits}f}"
 
 
 def write_markdown(path: Path, args: argparse.Namespace, results: dict[str, Any]) -> None:
+    reference = args.settings[0].name
     lines = [
         "# MTP regime comparison at small scale",
         "",
         f"Seeds {args.seeds}; RL steps {', '.join(map(str, results['rl_steps']))}; "
         f"extra overrides `{shlex.join(args.extra)}`; held-out problems {args.held_out} (greedy). "
         f"Mean ± sample std over seeds. Final reward and MTP accuracy: mean of the last {TAIL_STEPS} RL "
-        "steps. Final lam: the coefficient applied to the MTP policy term at the last step (none for "
-        "detach/ce); OCC proxy lam: the OCC estimate logged in every regime. The paper (method.md section 8) finds occ >= detach > policy > ce at 7B scale.",
+        f"steps. Paired Δ: the per-seed difference from `{reference}` (same warm start), mean ± std. "
+        "Final lam: the coefficient applied to the MTP policy term at the last step (none for "
+        "detach/ce); OCC proxy lam: the OCC estimate logged in every regime. The paper (method.md "
+        "section 8) finds occ >= detach > policy > ce at 7B scale.",
         "",
-        "| regime | seeds | final reward | held-out accuracy | MTP accuracy | final lam | OCC proxy lam |",
-        "|---|---|---|---|---|---|---|",
+        "| regime | seeds | final reward | held-out accuracy | paired Δ reward | paired Δ held-out "
+        "| MTP accuracy | final lam | OCC proxy lam |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in results["summary"].items():
         lines.append(
             f"| {name} | {s['n']} | {_fmt(s['final_reward'])} | {_fmt(s['heldout_accuracy'])} "
+            f"| {_fmt(s['paired_final_reward'], True, 3)} | {_fmt(s['paired_heldout_accuracy'], True, 3)} "
             f"| {_fmt(s['mtp_accuracy'])} | {_fmt(s['final_lam'], True)} | {_fmt(s['final_lam_proxy'], True)} |"
         )
     starts = [w["heldout_accuracy"] for w in results["warm_start"]]
@@ -359,7 +380,7 @@ def write_plots(output: Path, runs: list[dict[str, Any]], settings: list[Setting
         if s.regime == "occ":
             plot_band(applied, *curves, s.name, colors[s.name])
         elif s.regime == "policy":
-            applied.plot(curves[0], np.full(len(curves[0]), s.lam), label=s.name, color=colors[s.name])
+            applied.plot(curves[0], np.full(len(curves[0]), s.coef), label=s.name, color=colors[s.name])
     applied.set_yscale("symlog", linthresh=1e-2)  # OCC's lam_t is small beside the fixed lams
     applied.set(
         xlabel="RL step", ylabel="lam (symlog)", title="coefficient of the MTP policy term (occ, policy)"
