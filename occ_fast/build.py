@@ -48,8 +48,12 @@ def build_tokenizer(cfg: Config) -> PreTrainedTokenizerBase:
     return train_bpe_tokenizer(corpus, vocab_size=cfg.model.tiny.vocab_size, split_digits=True)
 
 
-def build_model(cfg: Config, tokenizer: PreTrainedTokenizerBase, device: torch.device) -> MTPModel:
-    dtype = model_dtype(cfg, device)
+def build_model(
+    cfg: Config, tokenizer: PreTrainedTokenizerBase, device: torch.device, dtype: torch.dtype | None = None
+) -> MTPModel:
+    """The MTP model in ``model.dtype``, or in ``dtype`` when given (fp32 master weights under FSDP2
+    mixed precision)."""
+    dtype = dtype or model_dtype(cfg, device)
     detach = {"detach_trunk": cfg.mtp.detach_trunk, "detach_lm_head": cfg.mtp.detach_lm_head}
     heads = cfg.model.mtp_heads if cfg.mtp.regime != "none" else 0
     if cfg.model.name_or_path:

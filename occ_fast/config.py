@@ -74,7 +74,8 @@ class ModelConfig:
     use_liger: bool = False
     """Swap the trunk's RMSNorm/SwiGLU/RoPE for Liger Triton kernels (CUDA, needs occ-fast[liger])."""
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
-    """Weight dtype; 'auto' keeps the checkpoint's dtype (fp32 for the tiny model)."""
+    """Weight dtype; 'auto': bf16 on CUDA, fp32 on CPU. Under torchrun (FSDP2), bf16 means bf16 compute
+    with fp32 master weights and fp32 gradient reduction."""
     gradient_checkpointing: bool = False
     """Recompute trunk activations in backward: less memory, about a third more compute."""
 

@@ -234,8 +234,31 @@ def pad_micro_batches(micros: Sequence[T]) -> list[tuple[T, bool]]:
     return [(m, True) for m in micros] + [(micros[-1], False)] * (count - len(micros))
 
 
-def gather_metrics(metrics: dict[str, float], *, sums: Collection[str] = ()) -> dict[str, float]:
-    """Per-rank metrics combined over ranks: the mean, or the total for the keys in ``sums`` (counters).
+def all_gather_ints(value: int) -> list[int]:
+    """Every rank's ``value``, in rank order (``[value]`` in a single process). One host sync."""
+    if not dist.is_initialized():
+        return [int(value)]
+    device = _comm_device()
+    gathered = [torch.zeros((), dtype=torch.int64, device=device) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, torch.tensor(int(value), dtype=torch.int64, device=device))
+    return [int(t) for t in gathered]
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing in a single process)."""
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def gather_metrics(
+    metrics: dict[str, float],
+    *,
+    sums: Collection[str] = (),
+    mins: Collection[str] = (),
+    maxs: Collection[str] = (),
+) -> dict[str, float]:
+    """Per-rank metrics combined over ranks: the mean, or the total for the keys in ``sums``
+    (counters), the minimum for ``mins`` and the maximum for ``maxs``.
 
     A key that only some ranks report is combined over those ranks. Every rank gets the result."""
     if not dist.is_initialized():
@@ -245,7 +268,14 @@ def gather_metrics(metrics: dict[str, float], *, sums: Collection[str] = ()) -> 
     out: dict[str, float] = {}
     for key in sorted({k for m in gathered for k in m}):
         values = [m[key] for m in gathered if key in m]
-        out[key] = sum(values) if key in sums else sum(values) / len(values)
+        if key in sums:
+            out[key] = sum(values)
+        elif key in mins:
+            out[key] = min(values)
+        elif key in maxs:
+            out[key] = max(values)
+        else:
+            out[key] = sum(values) / len(values)
     return out
 
 

@@ -7,6 +7,7 @@ term. :func:`rl_step` is one RL step, top to bottom; each stage is a call into i
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import sys
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -30,11 +32,30 @@ from occ_fast.algorithm import (
     zero_variance_groups,
 )
 from occ_fast.batching import MicroBatch, Sample, make_micro_batches
-from occ_fast.build import build_model, build_tokenizer, eval_records, resolve_device, train_records
-from occ_fast.checkpoint import find_latest, load_checkpoint, save_checkpoint
+from occ_fast.build import (
+    build_model,
+    build_tokenizer,
+    eval_records,
+    model_dtype,
+    resolve_device,
+    train_records,
+)
+from occ_fast.checkpoint import CheckpointError, find_latest, load_checkpoint, save_checkpoint
 from occ_fast.config import Config, ConfigError, parse_config
 from occ_fast.data import PromptRecord, PromptSampler
 from occ_fast.diagnostics import exact_gradient_stats, proxy_exact_correlation
+from occ_fast.distributed import (
+    DistInfo,
+    all_gather_ints,
+    barrier,
+    clip_grad_norm,
+    gather_metrics,
+    global_sum,
+    init_distributed,
+    pad_micro_batches,
+    shard_model,
+    shard_prompts,
+)
 from occ_fast.evaluation import evaluate
 from occ_fast.forward import policy_logprobs
 from occ_fast.metrics import MetricsLogger
@@ -44,6 +65,12 @@ from occ_fast.prompts import encode_prompt
 from occ_fast.rewards import RewardScorer
 from occ_fast.rollout import RolloutEngine, RolloutResult, SamplingParams, TransformersEngine
 from occ_fast.sft import warm_start
+from occ_fast.sharded_checkpoint import (
+    export_hf,
+    is_sharded_checkpoint,
+    load_sharded_checkpoint,
+    save_sharded_checkpoint,
+)
 
 logger = logging.getLogger("occ_fast")
 
@@ -55,6 +82,17 @@ PLOTS = {
     "entropy": ["policy/entropy"],
     "occ_exact": ["exact/lam_star", "exact/lam_proxy"],
 }
+# How a step's per-rank metrics combine over data-parallel ranks (the rest: mean over ranks).
+SUMMED_METRICS = frozenset(
+    {
+        "reward/timeouts",
+        "reward/errors",
+        "rollout/empty_completions",
+        "rollout/truncated",
+        "reward/zero_std_groups",
+        "optim/padding_micro_batches",
+    }
+)
 
 
 @dataclass
@@ -62,6 +100,8 @@ class Run:
     """Everything a step needs, built once by :func:`setup`."""
 
     cfg: Config
+    dist: DistInfo
+    sharded: bool  # FSDP2 under torchrun (a process group exists), even with one rank
     device: torch.device
     tokenizer: PreTrainedTokenizerBase
     model: MTPModel
@@ -72,7 +112,7 @@ class Run:
     sampler: PromptSampler
     scorer: RewardScorer
     loss_cfg: LossConfig
-    metrics: MetricsLogger
+    metrics: MetricsLogger | None  # rank 0 only
     progress: Progress
     autocast_dtype: torch.dtype | None
     start_step: int = 0
@@ -89,6 +129,7 @@ class Summary:
     eval_accuracy: float | None
     nan_skipped: int
     proxy_vs_exact: dict[str, float] = field(default_factory=dict)
+    is_main: bool = True  # rank 0 (or a single process): the one that reports
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -101,7 +142,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         console.print(f"[bold red]invalid configuration[/]\n{err}")
         return 2
-    summary = train(cfg, console=console)
+    try:
+        summary = train(cfg, console=console)
+    except ConfigError as err:  # checks that need the process group (world size) or the run directory
+        console.print(f"[bold red]invalid configuration[/]\n{err}")
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if not summary.is_main:
+        return 0
     lam = "n/a" if summary.final_lam is None else f"{summary.final_lam:+.4f}"
     acc = "n/a" if summary.eval_accuracy is None else f"{summary.eval_accuracy:.3f}"
     console.print(
@@ -119,33 +169,47 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def train(cfg: Config, *, console: Console | None = None) -> Summary:
-    """Run (or resume) training as configured; returns what the final report shows."""
+    """Run (or resume) training as configured; returns what the final report shows.
+
+    Under torchrun every rank calls this; rank 0 alone writes metrics, plots and logs."""
     console = console or Console(stderr=True)
     run = setup(cfg, console)
+    main_rank = run.dist.is_main
     with run.progress:
         steps = run.progress.add_task("RL steps", total=cfg.train.steps, completed=run.start_step)
         for step in range(run.start_step, cfg.train.steps):
             metrics = rl_step(run, step)
             if cfg.eval.every and ((step + 1) % cfg.eval.every == 0 or step + 1 == cfg.train.steps):
                 metrics.update(run_eval(run, step))
-            run.metrics.log(step, metrics)
+            if run.metrics is not None:
+                run.metrics.log(step, metrics)
             run.history.append(metrics)
-            if (cfg.run.log_every and step % cfg.run.log_every == 0) or step + 1 == cfg.train.steps:
+            if main_rank and (
+                (cfg.run.log_every and step % cfg.run.log_every == 0) or step + 1 == cfg.train.steps
+            ):
                 run.progress.console.print(step_line(step, metrics))
             if (cfg.run.save_every and (step + 1) % cfg.run.save_every == 0) or step + 1 == cfg.train.steps:
                 save(run, step)
-            if cfg.run.plot_every and (step + 1) % cfg.run.plot_every == 0:
+            if run.metrics is not None and cfg.run.plot_every and (step + 1) % cfg.run.plot_every == 0:
                 run.metrics.plot(PLOTS)
             run.progress.advance(steps)
-    run.metrics.plot(PLOTS)
-    run.metrics.close()
+    if run.metrics is not None:
+        run.metrics.plot(PLOTS)
+        run.metrics.close()
     run.scorer.close()
-    save_mtp_model(run.model, cfg.run_dir / "model", tokenizer=run.tokenizer)
+    if run.sharded:
+        export_hf(run.model, cfg.run_dir / "model", tokenizer=run.tokenizer)  # gathered, written by rank 0
+    else:
+        save_mtp_model(run.model, cfg.run_dir / "model", tokenizer=run.tokenizer)
     return summarize(run)
 
 
 def rl_step(run: Run, step: int) -> dict[str, float]:
-    """One RL step: prompts -> rollouts -> rewards -> advantages -> old log-probs -> updates -> sync."""
+    """One RL step: prompts -> rollouts -> rewards -> advantages -> old log-probs -> updates -> sync.
+
+    Data parallel (torchrun): each rank rolls out and trains on its own share of the step's groups;
+    the loss divides by the global token count, FSDP2 sums the gradients, and every rank runs the
+    same number of micro-batches (padding ones contribute zero)."""
     cfg, timings = run.cfg, {}
     t0 = time.perf_counter()
 
@@ -154,7 +218,7 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
     groups, reward_stats = collect_groups(run, step)
     timings["time/rollout_and_reward_s"] = time.perf_counter() - t0
 
-    # 4. Group-normalised advantages, one per completion.
+    # 4. Group-normalised advantages, one per completion (a group never spans ranks).
     rewards = torch.tensor([r for group in groups for r in group.rewards])
     advantages = grpo_advantages(rewards, cfg.rollout.n)
     samples = [
@@ -165,7 +229,7 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
     # 5. Mini-batches of whole groups, each split into micro-batches; old log-probs before any update.
     t1 = time.perf_counter()
     minis = mini_batches(run, samples)
-    old_logprobs = [[old_main_logprobs(run, micro) for micro in micros] for _, micros in minis]
+    old_logprobs = [[old_main_logprobs(run, micro) for micro, _ in micros] for _, micros in minis]
     timings["time/old_logprobs_s"] = time.perf_counter() - t1
 
     # 6. Policy updates: one optimizer step per mini-batch.
@@ -176,9 +240,10 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
         if cfg.mtp.exact_every and step % cfg.mtp.exact_every == 0 and i == len(minis) - 1:
             # Diagnostics: exact <g_RL, g_MTP> and ||g_MTP||^2 beside the proxy, on the last mini-batch
             # (on the first one the weights still equal the rollout weights and the proxy is 0).
+            # Single-process only (checked in setup): every micro-batch here is a real one.
             exact = exact_gradient_stats(
                 run.model,
-                micros,
+                [micro for micro, _ in micros],
                 olds,
                 loss_cfg=run.loss_cfg,
                 num_tokens=response_tokens(mini_samples),
@@ -196,18 +261,23 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
     # 7. The rollout engine samples from the new weights next step.
     run.engine.sync_weights(run.model)
 
-    # 8. Metrics (the only host syncs of the step happen here).
+    # 8. Metrics (the only host syncs of the step happen here), combined over ranks.
     timings["time/step_s"] = time.perf_counter() - t0
-    return {
-        **reward_stats,
-        **engine_stats(run.engine),
-        "reward/zero_std_groups": advantages.num_zero_std,
-        "response/length_mean": sum(len(s.response_ids) for s in samples) / len(samples),
-        "optim/lr": run.scheduler.get_last_lr()[0],
-        **update.summary(),
-        **exact,
-        **timings,
-    }
+    return gather_metrics(
+        {
+            **reward_stats,
+            **engine_stats(run.engine),
+            "reward/zero_std_groups": advantages.num_zero_std,
+            "response/length_mean": sum(len(s.response_ids) for s in samples) / len(samples),
+            "optim/lr": run.scheduler.get_last_lr()[0],
+            **update.summary(),
+            **exact,
+            **timings,
+        },
+        sums=SUMMED_METRICS | update.loss_keys,
+        mins={"mtp/lam_min"},
+        maxs={"mtp/lam_max"},
+    )
 
 
 def engine_stats(engine: RolloutEngine) -> dict[str, float]:
@@ -227,29 +297,41 @@ class Group:
 
 
 def collect_groups(run: Run, step: int) -> tuple[list[Group], dict[str, float]]:
-    cfg = run.cfg
-    wanted = cfg.data.prompts_per_step
+    """This rank's groups for the step: its share (:func:`shard_prompts`) of ``data.prompts_per_step``.
+
+    Every rank draws the same prompt indices from its own copy of the sampler and takes its slice,
+    so the samplers stay identical (rank 0's is checkpointed). With dynamic sampling, each refill
+    round draws the total of every rank's shortfall and hands each rank exactly its own."""
+    cfg, rank, world = run.cfg, run.dist.rank, run.dist.world_size
+    quota = len(shard_prompts(range(cfg.data.prompts_per_step), rank, world))
     kept: list[Group] = []
     stats = defaultdict(float)
     rounds = 0
-    while len(kept) < wanted:
+    while True:
+        shortfalls = all_gather_ints(quota - len(kept))
+        if sum(shortfalls) == 0:
+            break
         rounds += 1
-        records = [run.records[i] for i in run.sampler.next_batch(wanted - len(kept))]
-        groups, round_stats = rollout_and_score(run, records, step)
+        drawn = run.sampler.next_batch(sum(shortfalls))
+        start = sum(shortfalls[:rank])
+        records = [run.records[i] for i in drawn[start : start + shortfalls[rank]]]
+        groups, round_stats = rollout_and_score(run, records, step) if records else ([], {})
         for key, value in round_stats.items():
             stats[key] += value
         if not cfg.algorithm.dynamic_sampling:
             kept = groups
             break
         flat = torch.tensor([r for g in groups for r in g.rewards])
-        zero = zero_variance_groups(flat, cfg.rollout.n).tolist()
+        zero = zero_variance_groups(flat, cfg.rollout.n).tolist() if groups else []
         kept += [g for g, z in zip(groups, zero) if not z]
-        if rounds >= cfg.algorithm.dynamic_sampling_max_rounds and len(kept) < wanted:
-            logger.warning(
-                "step %d: dynamic sampling kept %d of %d groups after %d rounds; training on all sampled",
-                step, len(kept), wanted, rounds,
-            )  # fmt: skip
-            kept += [g for g, z in zip(groups, zero) if z][: wanted - len(kept)]
+        if rounds >= cfg.algorithm.dynamic_sampling_max_rounds:
+            if len(kept) < quota:
+                logger.warning(
+                    "step %d: dynamic sampling kept %d of %d groups after %d rounds; training on all sampled",
+                    step, len(kept), quota, rounds,
+                )  # fmt: skip
+                kept += [g for g, z in zip(groups, zero) if z][: quota - len(kept)]
+            break
     all_rewards = [r for g in kept for r in g.rewards]
     return kept, {
         "reward/mean": sum(all_rewards) / len(all_rewards),
@@ -304,20 +386,26 @@ def rollout_and_score(
     }
 
 
-def mini_batches(run: Run, samples: list[Sample]) -> list[tuple[list[Sample], list[MicroBatch]]]:
-    """Split the step's samples (whole groups) into ``optim.mini_batches`` chunks of micro-batches."""
-    cfg = run.cfg
-    per_mini = len(samples) // cfg.optim.mini_batches
+def mini_batches(run: Run, samples: list[Sample]) -> list[tuple[list[Sample], list[tuple[MicroBatch, bool]]]]:
+    """Split the step's samples into ``optim.mini_batches`` chunks of whole groups, group g going to
+    chunk g mod M, then into micro-batches, each flagged real or padding (:func:`pad_micro_batches`:
+    equal counts on every rank).
+
+    Strided rather than contiguous, so that data parallelism does not change the algorithm: rank r
+    holds a contiguous block of the step's groups (:func:`shard_prompts`, a multiple of M long), and
+    its chunk i is exactly its share of the single-process chunk i."""
+    cfg, n = run.cfg, run.cfg.rollout.n
+    groups = [samples[j : j + n] for j in range(0, len(samples), n)]
     out = []
     for i in range(cfg.optim.mini_batches):
-        chunk = samples[i * per_mini : (i + 1) * per_mini]
+        chunk = [s for group in groups[i :: cfg.optim.mini_batches] for s in group]
         micros = make_micro_batches(
             chunk,
             token_budget=cfg.optim.micro_batch_tokens,
             batch_size=cfg.optim.micro_batch_size,
             pad_id=run.tokenizer.pad_token_id,
         )
-        out.append((chunk, [m.to(run.device) for m in micros]))
+        out.append((chunk, pad_micro_batches([m.to(run.device) for m in micros])))
     return out
 
 
@@ -342,8 +430,10 @@ class UpdateStats:
         self.lams: list[torch.Tensor] = []
         self.first_lams: list[torch.Tensor] = []
         self.grad_norms: list[torch.Tensor] = []
+        self.loss_keys: set[str] = set()  # token means over the global count: summed over ranks
         self.optimizer_steps = 0
         self.nan_skipped = 0
+        self.padding_micro_batches = 0  # data parallel: forwards run only to keep ranks in step
 
     def add(self, key: str, value: torch.Tensor) -> None:
         self.sums[key] = self.sums[key].to(value.device) + value.detach().float()
@@ -375,6 +465,7 @@ class UpdateStats:
         if self.grad_norms:
             out["optim/grad_norm"] = float(torch.stack([g.cpu() for g in self.grad_norms]).mean())
         out["optim/nan_skipped"] = self.nan_skipped
+        out["optim/padding_micro_batches"] = self.padding_micro_batches
         return out
 
 
@@ -388,22 +479,31 @@ def mtp_row_counts(samples: list[Sample], depths: int) -> list[float]:
     return [float(max(sum(s.mtp_rows(k) for s in samples), 1)) for k in range(1, depths + 1)]
 
 
+def global_count(count: float) -> float | torch.Tensor:
+    """A normaliser summed over data-parallel ranks (the number itself in a single process)."""
+    return global_sum(count) if dist.is_initialized() else count
+
+
 def update_mini_batch(
     run: Run,
     samples: list[Sample],
-    micros: list[MicroBatch],
+    micros: list[tuple[MicroBatch, bool]],
     old_logprobs: list[torch.Tensor],
     stats: UpdateStats,
     on_micro: Callable[[], None] | None = None,
 ) -> None:
-    """Forward every micro-batch, backward its share of the mini-batch loss, then one optimizer step."""
+    """Forward every micro-batch, backward its share of the mini-batch loss, then one optimizer step.
+
+    The loss divides by the mini-batch's token counts over all ranks; a padding micro-batch (a
+    repeat that only keeps FSDP's collectives in step) backpropagates zero and adds no metrics."""
     cfg, model = run.cfg, run.model
-    num_tokens = response_tokens(samples)
-    mtp_tokens = mtp_row_counts(samples, model.num_mtp)
+    num_tokens = global_count(response_tokens(samples))
+    mtp_tokens = [global_count(n) for n in mtp_row_counts(samples, model.num_mtp)]
+    real_micros = sum(real for _, real in micros)
     first_mini = stats.optimizer_steps + stats.nan_skipped == 0
     model.train()
     run.optimizer.zero_grad(set_to_none=True)
-    for micro, lp_old in zip(micros, old_logprobs):
+    for (micro, real), lp_old in zip(micros, old_logprobs):
         out = policy_logprobs(
             model,
             micro,
@@ -424,11 +524,16 @@ def update_mini_batch(
             mtp_num_tokens=mtp_tokens if model.num_mtp else None,
             lp_rollout=out.gather(micro.rollout_logprobs),
         )
+        if not real:
+            (loss * 0.0).backward()
+            stats.padding_micro_batches += 1
+            continue
         loss.backward()
         for key, value in metrics.items():
             if key.rsplit("/", 1)[-1] in ("lam", "c_hat", "v2_hat", "coef"):
                 continue  # per micro-batch, not token-normalised: aggregated below
             stats.add(key, value)
+            stats.loss_keys.add(key)
         stats.add("policy/entropy_sum", main.entropy.detach().sum())
         stats.add("count/tokens", torch.tensor(float(lp_old.numel())))
         if model.num_mtp:
@@ -438,15 +543,15 @@ def update_mini_batch(
             hit = (out.heads[1].logprob >= out.heads[1].max_logprob - 1e-6) & valid
             stats.add("mtp/hits", hit.sum())
             stats.add("count/mtp_rows", valid.sum())
-            stats.add("mtp/c_hat", metrics["mtp1/c_hat"] * len(micros) ** -1)
-            stats.add("mtp/v2_hat", metrics["mtp1/v2_hat"] * len(micros) ** -1)
+            stats.add("mtp/c_hat", metrics["mtp1/c_hat"] / real_micros)
+            stats.add("mtp/v2_hat", metrics["mtp1/v2_hat"] / real_micros)
             stats.lams.append(metrics["mtp1/lam"].detach())
             if first_mini:
                 stats.first_lams.append(metrics["mtp1/lam"].detach())
         if on_micro is not None:
             on_micro()
     max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    grad_norm = clip_grad_norm(model, max_norm)  # the global norm: every rank steps or skips alike
     if torch.isfinite(grad_norm):  # one host sync per optimizer step: never apply a NaN/inf update
         run.optimizer.step()
         stats.optimizer_steps += 1
@@ -458,32 +563,48 @@ def update_mini_batch(
 
 
 def run_eval(run: Run, step: int) -> dict[str, float]:
-    cfg = run.cfg
-    task = run.progress.add_task(f"step {step}: eval", total=None)
-    result = evaluate(
-        run.engine,
-        run.tokenizer,
-        eval_records(cfg),
-        run.scorer,
-        k=cfg.eval.n,
-        temperature=cfg.eval.temperature,
-        max_new_tokens=cfg.rollout.max_new_tokens,
-        seed=cfg.train.seed,
-    )
-    run.progress.remove_task(task)
-    return {"eval/avg_at_k": result.avg_at_k, "eval/pass_at_k": result.pass_at_k}
+    """avg@k and pass@k on the held-out problems; data parallel, each rank scores every W-th problem."""
+    cfg, rank, world = run.cfg, run.dist.rank, run.dist.world_size
+    records = eval_records(cfg)[rank::world]
+    totals = torch.zeros(3)  # sum of avg@k, sum of pass@k, problems: each weighted by its problems
+    if records:
+        task = run.progress.add_task(f"step {step}: eval", total=None)
+        result = evaluate(
+            run.engine,
+            run.tokenizer,
+            records,
+            run.scorer,
+            k=cfg.eval.n,
+            temperature=cfg.eval.temperature,
+            max_new_tokens=cfg.rollout.max_new_tokens,
+            seed=cfg.train.seed,
+        )
+        run.progress.remove_task(task)
+        totals = torch.tensor([result.avg_at_k, result.pass_at_k, 1.0]) * len(records)
+    totals = global_sum(totals).cpu()
+    return {"eval/avg_at_k": float(totals[0] / totals[2]), "eval/pass_at_k": float(totals[1] / totals[2])}
 
 
 def setup(cfg: Config, console: Console) -> Run:
+    """Build (or restore) everything a run needs. Under torchrun: join the process group, build the
+    same model on every rank (same seed), warm-start it, then shard it with FSDP2 before the
+    optimizer exists; each rank then samples its rollouts from its own RNG stream."""
+    device = resolve_device(cfg)
+    info = init_distributed(device_type=device.type)
+    sharded = dist.is_initialized()
+    if sharded:
+        device = info.device
+        check_world_size(cfg, info.world_size)
+    if not info.is_main:
+        logger.setLevel(logging.WARNING)
     run_dir = cfg.run_dir
     checkpoint = resolve_resume(cfg)
+    barrier()  # every rank has looked at the run directory before rank 0 writes into it
     torch.manual_seed(cfg.train.seed)
-    device = resolve_device(cfg)
     tokenizer = build_tokenizer(cfg)
-    model = build_model(cfg, tokenizer, device)
+    mixed_precision = sharded and model_dtype(cfg, device) == torch.bfloat16
+    model = build_model(cfg, tokenizer, device, dtype=torch.float32 if mixed_precision else None)
     records = train_records(cfg)
-    optimizer = build_optimizer(model, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, total_steps=cfg.train.steps)
     sampler = PromptSampler(len(records), seed=cfg.data.seed)
     progress = Progress(
         TextColumn("{task.description}"),
@@ -491,35 +612,59 @@ def setup(cfg: Config, console: Console) -> Run:
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=console,
+        disable=not info.is_main,
     )
     autocast = torch.bfloat16 if cfg.train.bf16_autocast and device.type == "cuda" else None
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if checkpoint is None:
+        if info.is_main:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            cfg.to_yaml(run_dir / "config.yaml")
+        logger.info("run directory: %s", run_dir)
+        if cfg.train.warmup_sft_steps:  # every rank alike: the weights must agree before sharding
+            sft_warm_start(cfg, model, tokenizer, progress)
+    replica = None
+    if sharded and cfg.rollout.engine == "transformers":
+        # Generation cannot run through FSDP (ranks finish decoding at different steps, and every
+        # sharded forward is a collective): each rank samples from a full copy, synced every step.
+        replica = copy.deepcopy(model.base).to(torch.bfloat16 if mixed_precision else model.base.dtype)
+        replica.requires_grad_(False)
+    if sharded:
+        shard_model(
+            model,
+            mixed_precision=mixed_precision,
+            activation_checkpointing=cfg.model.gradient_checkpointing,
+        )
+    elif cfg.model.gradient_checkpointing:
+        model.base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_scheduler(optimizer, cfg.optim, total_steps=cfg.train.steps)
     start_step = 0
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler)
+        state = load_any_checkpoint(checkpoint, model, optimizer, scheduler, sharded=sharded)
         sampler.load_state_dict(state.extra["sampler"])
         start_step = int(state.extra["next_step"])
         logger.info("resumed from %s: continuing at step %d", checkpoint, start_step)
-    else:
-        cfg.to_yaml(run_dir / "config.yaml")
-        logger.info("run directory: %s", run_dir)
-        if cfg.train.warmup_sft_steps:
-            sft_warm_start(cfg, model, tokenizer, progress)
-    metrics = MetricsLogger(
-        run_dir,
-        tensorboard=cfg.run.tensorboard,
-        wandb=cfg.run.wandb,
-        wandb_project=cfg.run.wandb_project,
-        wandb_run_name=cfg.run.name,
-        config=cfg.to_dict(),
-        resume_step=start_step - 1 if checkpoint is not None else None,
-    )
+    elif info.rank > 0:
+        torch.manual_seed(cfg.train.seed + info.rank)  # rank 0 keeps the single-process stream
+    metrics = None
+    if info.is_main:
+        metrics = MetricsLogger(
+            run_dir,
+            tensorboard=cfg.run.tensorboard,
+            wandb=cfg.run.wandb,
+            wandb_project=cfg.run.wandb_project,
+            wandb_run_name=cfg.run.name,
+            config=cfg.to_dict(),
+            resume_step=start_step - 1 if checkpoint is not None else None,
+        )
     return Run(
         cfg=cfg,
+        dist=info,
+        sharded=sharded,
         device=device,
         tokenizer=tokenizer,
         model=model,
-        engine=build_engine(cfg, model, tokenizer),
+        engine=build_engine(cfg, model, tokenizer, replica=replica, sharded=sharded),
         optimizer=optimizer,
         scheduler=scheduler,
         records=records,
@@ -535,14 +680,59 @@ def setup(cfg: Config, console: Console) -> Run:
     )
 
 
-def build_engine(cfg: Config, model: MTPModel, tokenizer: PreTrainedTokenizerBase) -> RolloutEngine:
-    """The rollout engine, starting from the model's current weights (initial, warm-started or resumed)."""
+def check_world_size(cfg: Config, world_size: int) -> None:
+    """What the config needs of a data-parallel run, known only once torchrun has started."""
+    prompts, minis = cfg.data.prompts_per_step, cfg.optim.mini_batches
+    if prompts % (world_size * minis):
+        raise ConfigError(
+            f"data.prompts_per_step={prompts} must be a multiple of WORLD_SIZE x optim.mini_batches = "
+            f"{world_size} x {minis}: every rank trains on the same number of whole groups per mini-batch"
+        )
+    if cfg.mtp.exact_every:
+        raise ConfigError(
+            "mtp.exact_every (exact-gradient diagnostics) runs in a single process: launch without torchrun"
+        )
+
+
+def load_any_checkpoint(
+    path: Path, model: MTPModel, optimizer: torch.optim.Optimizer, scheduler, *, sharded: bool
+):
+    """A sharded (DCP) checkpoint loads at any world size, a single-process one in a single process."""
+    if is_sharded_checkpoint(path):
+        return load_sharded_checkpoint(path, model, optimizer, scheduler)
+    if sharded:
+        raise CheckpointError(
+            f"{path} was written by a single-process run: resume it without torchrun (its next "
+            "checkpoint is then single-process too), or start a new run from its exported model"
+        )
+    return load_checkpoint(path, model, optimizer, scheduler)
+
+
+def build_engine(
+    cfg: Config,
+    model: MTPModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    replica: torch.nn.Module | None = None,
+    sharded: bool = False,
+) -> RolloutEngine:
+    """The rollout engine, starting from the model's current weights (initial, warm-started or resumed).
+
+    ``replica``: a full, unsharded copy of the trunk for the transformers engine of an FSDP2 run
+    (its weights are gathered in here); otherwise that engine samples from ``model.base`` itself."""
     if cfg.rollout.engine == "transformers":
-        return TransformersEngine(model.base, max_batch_size=cfg.rollout.batch_size)
+        engine = TransformersEngine(
+            replica if replica is not None else model.base, max_batch_size=cfg.rollout.batch_size
+        )
+        engine.sync_weights(model)  # a no-op without a replica
+        return engine
     from occ_fast.rollout.vllm_engine import VLLMEngine
 
     start = cfg.run_dir / "rollout-init"  # vLLM loads from disk once; later syncs go through memory
-    save_mtp_model(model, start, tokenizer=tokenizer)
+    if sharded:
+        export_hf(model, start, tokenizer=tokenizer)  # gathered, written by rank 0, read by every rank
+    else:
+        save_mtp_model(model, start, tokenizer=tokenizer)
     ro = cfg.rollout
     return VLLMEngine(
         start,
@@ -600,7 +790,9 @@ def sft_warm_start(
 
 
 def save(run: Run, step: int) -> None:
-    save_checkpoint(
+    """A checkpoint of ``step``: sharded (every rank writes its shards) under torchrun."""
+    write = save_sharded_checkpoint if run.sharded else save_checkpoint
+    write(
         run.cfg.run_dir,
         step,
         run.model,
@@ -634,6 +826,7 @@ def summarize(run: Run) -> Summary:
         eval_accuracy=evals[-1] if evals else None,
         nan_skipped=int(sum(h["optim/nan_skipped"] for h in history)),
         proxy_vs_exact=proxy_exact_correlation(history) if run.cfg.mtp.exact_every else {},
+        is_main=run.dist.is_main,
     )
 
 

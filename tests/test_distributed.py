@@ -33,6 +33,7 @@ from occ_fast.checkpoint import CheckpointError
 from occ_fast.config import OptimConfig
 from occ_fast.distributed import (
     DistributedEnvError,
+    all_gather_ints,
     clip_grad_norm,
     gather_metrics,
     global_sum,
@@ -146,8 +147,10 @@ def worker(out: Path) -> None:
     results["ac_active"] = all(layer.gradient_checkpointing for layer in ac.base.model.layers)
     results["ac_grads"] = full_grads(ac)
 
-    metrics = {"mean": float(rank), "count": float(rank + 1)} | ({"only0": 5.0} if rank == 0 else {})
-    results["metrics"] = gather_metrics(metrics, sums={"count"})
+    metrics = {"mean": float(rank), "count": float(rank + 1), "low": 3.0 - rank, "high": 3.0 - rank}
+    metrics |= {"only0": 5.0} if rank == 0 else {}
+    results["metrics"] = gather_metrics(metrics, sums={"count"}, mins={"low"}, maxs={"high"})
+    results["ints"] = all_gather_ints(10 * rank + 1)
 
     # One optimizer step on a tied model, then a sharded checkpoint, a reload on 2 ranks and an export.
     tied = shard_model(tied_model(SEED), mixed_precision=False)
@@ -244,7 +247,8 @@ def test_mixed_precision_computes_in_bf16_with_fp32_master_weights(two_ranks):
 
 def test_gather_metrics_means_and_sums_over_ranks(two_ranks):
     _, res = two_ranks
-    assert res["metrics"] == {"mean": 0.5, "count": 3.0, "only0": 5.0}
+    assert res["metrics"] == {"mean": 0.5, "count": 3.0, "low": 2.0, "high": 3.0, "only0": 5.0}
+    assert res["ints"] == [1, 11]
 
 
 def assert_optim_equal(actual: dict, expected: dict) -> None:
@@ -335,6 +339,7 @@ def test_init_distributed_single_process(monkeypatch):
     assert not dist.is_initialized()
     assert float(global_sum(3)) == 3.0
     assert gather_metrics({"a": 1.0}, sums={"a"}) == {"a": 1.0}
+    assert all_gather_ints(7) == [7]
     assert pad_micro_batches(["x", "y"]) == [("x", True), ("y", True)]
 
 

@@ -11,6 +11,7 @@ import inspect
 from collections.abc import Sequence
 
 import torch
+from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel
 
 from occ_fast.rollout.base import ProgressCallback, RolloutResult, SamplingParams
@@ -36,7 +37,8 @@ class TransformersEngine:
 
     def sync_weights(self, model: torch.nn.Module) -> None:
         """Copy ``model``'s weights (a HF causal LM, or an MTP model's ``base``) in by parameter name;
-        extra source entries (e.g. MTP) are ignored."""
+        extra source entries (e.g. MTP) are ignored. An FSDP2-sharded source is all-gathered one
+        tensor at a time (a collective: every rank calls this, in the same order)."""
         model = getattr(model, "base", model)
         if model is self.model:
             return
@@ -52,7 +54,8 @@ class TransformersEngine:
                         f"sync_weights: {name} has shape {tuple(source[name].shape)} in the source model, "
                         f"{tuple(tensor.shape)} in the engine"
                     )
-                tensor.copy_(source[name])
+                value = source[name]
+                tensor.copy_(value.full_tensor() if isinstance(value, DTensor) else value)
 
     def generate(
         self,

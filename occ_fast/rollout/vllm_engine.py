@@ -344,7 +344,14 @@ class VLLMEngine:
         self._weights_valid = True
         self._syncs += 1
         if self.check_every and (self._syncs == 1 or self._syncs % self.check_every == 0):
+            # Under FSDP2 the MTP model is the root: its embedding and lm_head stay sharded unless it
+            # unshards them, because the probe calls the trunk directly (the layers gather their own).
+            root = model if hasattr(model, "unshard") else None
+            if root is not None:
+                root.unshard()
             self.last_sync_logprob_diff = self._probe(base)
+            if root is not None:
+                root.reshard()
 
     def _probe(self, base: torch.nn.Module) -> float:
         """Sample 16 tokens for a fixed prompt in vLLM (T=1) and score them with the trainer's model."""

@@ -1,0 +1,165 @@
+"""The trainer under torchrun (2 CPU processes, gloo, FSDP2) against the same run in one process.
+
+Rollouts are greedy (``rollout.top_k 1``) so both runs sample the same completions from the same
+weights; the regime is ``ce`` (no per-micro-batch coefficient), so the data-parallel gradient is the
+single-process one up to summation order: each rank trains on its half of the groups with the global
+token normaliser, padding micro-batches where the ranks' counts differ. Then the 2-rank sharded
+checkpoint resumes in one process and must continue as the single-process run does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from occ_fast.checkpoint import CheckpointError
+from occ_fast.config import ConfigError, parse_config
+from occ_fast.train import check_world_size, load_any_checkpoint, train
+
+TORCHRUN_TIMEOUT_S = 240
+ARGS = [
+    "--model.tiny.hidden-size", "32",
+    "--model.tiny.intermediate-size", "64",
+    "--model.tiny.num-layers", "2",
+    "--train.device", "cpu",
+    "--train.warmup-sft-steps", "4",
+    "--mtp.regime", "ce",
+    "--data.prompts-per-step", "8",
+    "--rollout.n", "2",
+    "--rollout.top-k", "1",
+    "--rollout.max-new-tokens", "5",
+    "--algorithm.dynamic-sampling",  # greedy groups have no variance: refill rounds, then keep them
+    "--algorithm.dynamic-sampling-max-rounds", "2",
+    "--optim.lr", "1e-3",
+    "--optim.eps", "1e-3",  # Adam's update ~ linear in small gradients: summation-order noise stays small
+    "--optim.mini-batches", "2",
+    "--optim.micro-batch-tokens", "36",  # several micro-batches per rank; at step 1 one rank has one more
+    "--eval.every", "2",
+    "--eval.num-problems", "5",  # 3 + 2 over the ranks
+    "--run.save-every", "1",
+    "--run.plot-every", "0",
+]  # fmt: skip
+COMPARED = (
+    "rollout/rounds",
+    "reward/mean",
+    "response/length_mean",
+    "loss",
+    "mtp1/loss",
+    "optim/grad_norm",
+    "eval/avg_at_k",
+)
+
+
+def argv(out, name: str, steps: int, *extra: str) -> list[str]:
+    return [*ARGS, "--run.output-dir", str(out), "--run.name", name, "--train.steps", str(steps), *extra]
+
+
+def metrics(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def weights(run_dir) -> dict[str, torch.Tensor]:
+    return load_file(run_dir / "model" / "model.safetensors")
+
+
+def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+    proc = subprocess.Popen(
+        [*cmd, "-m", "occ_fast.train", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=TORCHRUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        _, stderr = proc.communicate()
+        pytest.fail(f"torchrun trainer hung for {TORCHRUN_TIMEOUT_S} s:\n{stderr[-6000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    out = tmp_path_factory.mktemp("dp")
+    done = torchrun(argv(out, "dp", 2))
+    if done.returncode != 0:
+        pytest.fail(f"torchrun trainer failed ({done.returncode}):\n{done.stderr[-8000:]}")
+    train(parse_config(argv(out, "single", 2)))
+    return out, done
+
+
+def test_two_ranks_train_like_one_process(runs):
+    out, _ = runs
+    dp, single = metrics(out / "dp"), metrics(out / "single")
+    assert [m["step"] for m in dp] == [0, 1]  # rank 0 alone writes, one line per step
+    assert sum(m["optim/padding_micro_batches"] for m in dp) >= 1  # the padding path ran
+    for got, want in zip(dp, single):
+        for key in COMPARED:
+            if key in want:
+                assert got[key] == pytest.approx(want[key], rel=1e-4, abs=1e-6), key
+        # counters are summed over the ranks, not averaged
+        assert got["rollout/truncated"] == want["rollout/truncated"]
+        assert got["reward/zero_std_groups"] == want["reward/zero_std_groups"] == 8  # greedy groups
+    got, want = weights(out / "dp"), weights(out / "single")
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=2e-6, msg=name)
+
+
+def test_two_rank_run_writes_sharded_checkpoints_and_a_full_export(runs):
+    out, done = runs
+    checkpoints = sorted((out / "dp" / "checkpoints").iterdir())
+    assert [c.name for c in checkpoints] == ["step_000000000", "step_000000001"]
+    meta = json.loads((checkpoints[-1] / "meta.json").read_text())
+    assert (meta["format"], meta["world_size"]) == ("dcp", 2)
+    assert {p.name for p in checkpoints[-1].glob("rng_rank*.pt")} == {"rng_rank0.pt", "rng_rank1.pt"}
+    assert (out / "dp" / "model" / "config.json").is_file()
+    assert done.stderr.count("done 2 steps") == 1  # rank 0 alone reports
+
+
+def test_two_rank_checkpoint_resumes_in_one_process(runs):
+    out, _ = runs
+    train(parse_config(argv(out, "dp", 3, "--run.resume", "auto")))
+    train(parse_config(argv(out, "single", 3, "--run.resume", "auto")))
+    resumed, single = metrics(out / "dp"), metrics(out / "single")
+    assert [m["step"] for m in resumed] == [0, 1, 2]
+    for key in COMPARED:
+        if key in single[2]:
+            assert resumed[2][key] == pytest.approx(single[2][key], rel=1e-4, abs=1e-6), key
+    got, want = weights(out / "dp"), weights(out / "single")
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], rtol=0, atol=4e-6, msg=name)
+
+
+def test_single_process_checkpoint_does_not_load_under_fsdp(runs):
+    out, _ = runs
+    checkpoint = sorted((out / "single" / "checkpoints").iterdir())[-1]
+    with pytest.raises(CheckpointError, match="single-process run: resume it without torchrun"):
+        load_any_checkpoint(checkpoint, None, None, None, sharded=True)
+
+
+def test_world_size_must_split_the_mini_batches(tmp_path):
+    done = torchrun(argv(tmp_path, "bad", 1, "--data.prompts-per-step", "6"))
+    assert done.returncode != 0
+    message = " ".join(done.stderr.split())  # the console wraps long lines
+    assert "data.prompts_per_step=6 must be a multiple of WORLD_SIZE x optim.mini_batches = 2 x 2" in message
+
+
+def test_exact_diagnostics_refuse_torchrun(tmp_path):
+    cfg = parse_config(argv(tmp_path, "x", 1, "--mtp.exact-every", "2"))
+    with pytest.raises(ConfigError, match="single process"):
+        check_world_size(cfg, 2)
+    check_world_size(parse_config(argv(tmp_path, "y", 1)), 2)  # 8 prompts = 2 ranks x 2 mini-batches x 2
