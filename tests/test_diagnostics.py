@@ -223,7 +223,7 @@ def test_training_is_bit_identical_with_or_without_diagnostics():
         if with_diagnostics:
             stats(model, micros, olds, cfg, num_tokens, mtp_tokens)
         rng = torch.get_rng_state()
-        update_mini_batch(run, samples, micros, olds, UpdateStats())
+        update_mini_batch(run, samples, [(m, True) for m in micros], olds, UpdateStats())
         assert not torch.equal(torch.get_rng_state(), rng)  # the update itself does draw (dropout)
         results.append((copy.deepcopy(model.state_dict()), torch.rand(4)))
     (weights_a, draws_a), (weights_b, draws_b) = results
