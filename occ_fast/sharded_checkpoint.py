@@ -1,11 +1,11 @@
 """Sharded checkpoints of an FSDP2 run (torch.distributed.checkpoint), and the Hugging Face export.
 
-Same directory layout and atomicity as :mod:`occ_fast.checkpoint` (``run_dir/checkpoints/step_N``,
-written into a hidden temporary directory that rank 0 renames into place once every rank has
-written; ``meta.json`` last, so :func:`occ_fast.checkpoint.find_latest` finds both kinds), but the
-model and optimizer go through DCP: every rank writes its own shards, in parallel, and a load
-reshards them to the reader's layout, so a run saved on N ranks resumes on M (a single process
-without a process group included). ``meta.json`` says ``"format": "dcp"``.
+Same layout and atomicity as single-process checkpoints (:mod:`occ_fast.checkpoint_files`: written
+into a hidden temporary directory that rank 0 renames into place once every rank has written, so
+``find_latest`` finds both kinds), but the model and optimizer go through DCP: every rank writes its
+own shards, in parallel, and a load reshards them to the reader's layout, so a run saved on N ranks
+resumes on M (a single process without a process group included). ``meta.json`` says
+``"format": "dcp"``.
 
 Every rank calls every function here (they are collectives); the run directory must be on a file
 system all ranks share.
@@ -13,9 +13,7 @@ system all ranks share.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -33,23 +31,21 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from transformers import AutoModelForCausalLM
 
-from occ_fast.checkpoint import (
-    _TMP_PREFIX,
-    _TRASH_PREFIX,
+from occ_fast.checkpoint_files import (
     EXTRA_FILE,
-    META_FILE,
     SCHEDULER_FILE,
     CheckpointError,
     LoadedCheckpoint,
-    _capture_rng,
-    _check_plain,
-    _complete_checkpoints,
-    _fsync_path,
-    _remove_leftovers,
-    _restore_rng,
-    _torch_load,
-    _write,
+    capture_rng_state,
+    check_save_args,
     checkpoint_dir,
+    load_torch,
+    open_staging,
+    publish,
+    read_meta,
+    restore_rng_state,
+    save_torch,
+    staging_dir,
 )
 from occ_fast.model import MTPModel, save_mtp_model
 from occ_fast.model.wrapper import new_mtp_layer
@@ -88,31 +84,21 @@ def save_sharded_checkpoint(
 ) -> Path:
     """Write model + optimizer shards (DCP), scheduler, ``extra`` (rank 0's) and each rank's RNG
     for ``step``; rename into place on rank 0 after a barrier; prune all but ``keep_last``."""
-    if step < 0:
-        raise ValueError(f"save_sharded_checkpoint: step must be >= 0, got {step}")
-    if keep_last is not None and keep_last < 1:
-        raise ValueError(f"save_sharded_checkpoint: keep_last must be >= 1 or None, got {keep_last}")
-    extra = dict(extra or {})
-    _check_plain(extra, "extra")
+    extra = check_save_args(step, keep_last, extra)
     rank, main = _rank(), _rank() == 0
     final = checkpoint_dir(run_dir, step)
-    parent = final.parent
-    tmp = parent / f"{_TMP_PREFIX}{final.name}"
-    if main:
-        parent.mkdir(parents=True, exist_ok=True)
-        _remove_leftovers(parent)
-        tmp.mkdir()
+    tmp = open_staging(final) if main else staging_dir(final)
     _barrier()  # the temporary directory exists before anyone writes into it
     try:
         state = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
         dcp.save(state, checkpoint_id=tmp / DCP_SUBDIR, no_dist=not dist.is_initialized())
-        _write(tmp / _rng_file(rank), lambda f: torch.save(_capture_rng(), f))
+        save_torch(tmp / _rng_file(rank), capture_rng_state())
         if main:
             files = [DCP_SUBDIR, EXTRA_FILE]
             if scheduler is not None:
-                _write(tmp / SCHEDULER_FILE, lambda f: torch.save(scheduler.state_dict(), f))
+                save_torch(tmp / SCHEDULER_FILE, scheduler.state_dict())
                 files.append(SCHEDULER_FILE)
-            _write(tmp / EXTRA_FILE, lambda f: torch.save(extra, f))
+            save_torch(tmp / EXTRA_FILE, extra)
     except BaseException:
         if main:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -120,24 +106,17 @@ def save_sharded_checkpoint(
     _barrier()  # every rank's shards and RNG are on disk
     if main:
         meta = {"step": step, "format": FORMAT, "world_size": _world_size(), "files": files}
-        _write(tmp / META_FILE, lambda f: f.write(json.dumps(meta, indent=2).encode()))
-        _fsync_path(tmp)
-        if final.exists():  # re-saving a step (e.g. right after resuming from it)
-            final.rename(parent / f"{_TRASH_PREFIX}{final.name}")
-        os.replace(tmp, final)
-        _fsync_path(parent)
-        _remove_leftovers(parent)
-        if keep_last is not None:
-            for old in _complete_checkpoints(parent)[:-keep_last]:
-                shutil.rmtree(old)
+        publish(tmp, final, meta, keep_last)
     _barrier()  # nobody moves on (or reads it) before it is in place
     return final
 
 
 def is_sharded_checkpoint(path: str | Path) -> bool:
     """Whether the complete checkpoint at ``path`` was written by :func:`save_sharded_checkpoint`."""
-    meta = Path(path) / META_FILE
-    return meta.is_file() and json.loads(meta.read_text()).get("format") == FORMAT
+    try:
+        return read_meta(Path(path)).get("format") == FORMAT
+    except CheckpointError:
+        return False
 
 
 def load_sharded_checkpoint(
@@ -152,10 +131,7 @@ def load_sharded_checkpoint(
     world size and layout (FSDP2 or a plain module). Each rank's RNG comes back only when the world
     size is the one saved: other streams cannot be mapped onto a different number of ranks."""
     path = Path(path)
-    meta_file = path / META_FILE
-    if not meta_file.is_file():
-        raise CheckpointError(f"{path} is not a complete checkpoint: {META_FILE} is missing")
-    meta = json.loads(meta_file.read_text())
+    meta = read_meta(path)
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a sharded (DCP) checkpoint: load it with occ_fast.checkpoint")
     state: dict[str, Any] = {"model": get_model_state_dict(model)}
@@ -173,17 +149,17 @@ def load_sharded_checkpoint(
             raise CheckpointError(
                 f"checkpoint {path} has no {SCHEDULER_FILE}, but one was asked to be restored"
             )
-        scheduler.load_state_dict(_torch_load(path / SCHEDULER_FILE))
+        scheduler.load_state_dict(load_torch(path / SCHEDULER_FILE))
     if restore_rng:
         if meta["world_size"] == _world_size():
-            _restore_rng(_torch_load(path / _rng_file(_rank())))
+            restore_rng_state(load_torch(path / _rng_file(_rank())))
         elif _rank() == 0:
             logger.warning(
                 "RNG state not restored: saved on %d rank(s), resumed on %d",
                 meta["world_size"],
                 _world_size(),
             )
-    return LoadedCheckpoint(path=path, step=int(meta["step"]), extra=_torch_load(path / EXTRA_FILE))
+    return LoadedCheckpoint(path=path, step=int(meta["step"]), extra=load_torch(path / EXTRA_FILE))
 
 
 def export_hf(model: MTPModel, path: str | Path, tokenizer=None) -> None:

@@ -29,7 +29,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from occ_fast.algorithm import LossConfig, compute_loss
 from occ_fast.batching import MicroBatch, Sample, make_micro_batches
-from occ_fast.checkpoint import CheckpointError
+from occ_fast.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from occ_fast.config import OptimConfig
 from occ_fast.distributed import (
     DistributedEnvError,
@@ -323,6 +323,15 @@ def test_sharded_checkpoint_in_one_process_restores_rng_and_prunes(tmp_path):
     )
     with pytest.raises(CheckpointError, match="has no scheduler.pt"):
         load_sharded_checkpoint(path, fresh, scheduler=build_scheduler(fresh_optimizer, OPTIM_CFG, 10))
+    assert is_sharded_checkpoint(path) and not is_sharded_checkpoint(tmp_path / "missing")
+    with pytest.raises(
+        CheckpointError, match="dcp \\(sharded\\) checkpoint: load it with occ_fast.sharded_checkpoint"
+    ):
+        load_checkpoint(path, fresh)
+    plain = save_checkpoint(tmp_path / "plain", 0, fresh)
+    assert not is_sharded_checkpoint(plain)
+    with pytest.raises(CheckpointError, match="not a sharded \\(DCP\\) checkpoint"):
+        load_sharded_checkpoint(plain, fresh)
 
 
 def test_init_distributed_single_process(monkeypatch):

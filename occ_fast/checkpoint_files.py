@@ -1,0 +1,217 @@
+"""The on-disk protocol shared by single-process (:mod:`occ_fast.checkpoint`) and sharded
+(:mod:`occ_fast.sharded_checkpoint`) checkpoints.
+
+``run_dir/checkpoints/step_000000042/`` is written as ``.tmp-step_000000042`` and renamed into place
+once complete; ``meta.json`` is its last file, so a step directory with a ``meta.json`` is a complete
+checkpoint of either format. A re-saved step is first moved aside as ``.trash-step_...``; an
+interrupted save is cleaned up (or the moved-aside checkpoint put back) by the next save.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import torch
+
+CHECKPOINTS_SUBDIR = "checkpoints"
+SCHEDULER_FILE = "scheduler.pt"
+EXTRA_FILE = "extra.pt"
+META_FILE = "meta.json"  # written last: its presence marks a complete checkpoint
+
+_STEP_DIR = re.compile(r"^step_(\d+)$")
+_TMP_PREFIX = ".tmp-"
+_TRASH_PREFIX = ".trash-"
+_PLAIN_TYPES = (str, int, float, bool, type(None), torch.Tensor)
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete, or does not fit the model/optimizer it is loaded into."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    path: Path
+    step: int
+    extra: dict[str, Any]
+
+
+def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / CHECKPOINTS_SUBDIR / f"step_{step:09d}"
+
+
+def find_latest(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint of ``run_dir`` (either format), or None when it has none."""
+    complete = complete_checkpoints(Path(run_dir) / CHECKPOINTS_SUBDIR)
+    return complete[-1] if complete else None
+
+
+def complete_checkpoints(checkpoints: Path) -> list[Path]:
+    """Complete step directories, oldest first."""
+    if not checkpoints.is_dir():
+        return []
+    found = []
+    for entry in checkpoints.iterdir():
+        match = _STEP_DIR.match(entry.name)
+        if match and (entry / META_FILE).is_file():
+            found.append((int(match.group(1)), entry))
+    return [entry for _, entry in sorted(found)]
+
+
+def check_save_args(step: int, keep_last: int | None, extra: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate a save's step, ``keep_last`` and ``extra``; return ``extra`` as a plain dict."""
+    if step < 0:
+        raise ValueError(f"save_checkpoint: step must be >= 0, got {step}")
+    if keep_last is not None and keep_last < 1:
+        raise ValueError(f"save_checkpoint: keep_last must be >= 1 or None, got {keep_last}")
+    extra = dict(extra or {})
+    _check_plain(extra, "extra")
+    return extra
+
+
+def open_staging(final: Path) -> Path:
+    """Create the temporary directory a checkpoint is written into, after cleaning up any earlier
+    interrupted save."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(final.parent)
+    tmp = staging_dir(final)
+    tmp.mkdir()
+    return tmp
+
+
+def staging_dir(final: Path) -> Path:
+    """Where the checkpoint that will live at ``final`` is written (hidden from :func:`find_latest`)."""
+    return final.parent / f"{_TMP_PREFIX}{final.name}"
+
+
+def publish(tmp: Path, final: Path, meta: Mapping[str, Any], keep_last: int | None) -> None:
+    """Write ``meta.json`` last, rename the staged checkpoint into place durably, and prune all but
+    the newest ``keep_last`` complete checkpoints."""
+    parent = final.parent
+    payload = json.dumps(dict(meta), indent=2).encode()
+    write_file(tmp / META_FILE, lambda f: f.write(payload))
+    fsync_path(tmp)
+    if final.exists():  # re-saving a step (e.g. right after resuming from it)
+        final.rename(parent / f"{_TRASH_PREFIX}{final.name}")
+    os.replace(tmp, final)
+    fsync_path(parent)
+    remove_leftovers(parent)
+    if keep_last is not None:
+        for old in complete_checkpoints(parent)[:-keep_last]:
+            shutil.rmtree(old)
+
+
+def remove_leftovers(checkpoints: Path) -> None:
+    """Clean up after an interrupted save: drop temporary directories, and put back a checkpoint that
+    was moved aside for a re-save of its step but never replaced; drop it once replaced."""
+    for entry in checkpoints.iterdir():
+        if entry.name.startswith(_TMP_PREFIX):
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry.name.startswith(_TRASH_PREFIX):
+            original = checkpoints / entry.name[len(_TRASH_PREFIX) :]
+            if original.exists():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.rename(original)
+
+
+def read_meta(path: Path) -> dict[str, Any]:
+    """``meta.json`` of a complete checkpoint, checked for the fields every format writes."""
+    if not path.is_dir():
+        raise CheckpointError(f"checkpoint directory not found: {path}")
+    meta_path = path / META_FILE
+    if not meta_path.is_file():
+        raise CheckpointError(f"{path} is not a complete checkpoint: {META_FILE} is missing")
+    try:
+        meta = json.loads(meta_path.read_text())
+        return {**meta, "step": int(meta["step"]), "files": [str(name) for name in meta["files"]]}
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"corrupt checkpoint metadata {meta_path}: {exc}") from exc
+
+
+def write_file(path: Path, write: Callable[[BinaryIO], Any]) -> None:
+    """Write ``path`` through ``write`` and fsync it."""
+    with open(path, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def save_torch(path: Path, obj: Any) -> None:
+    write_file(path, lambda f: torch.save(obj, f))
+
+
+def fsync_path(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def load_torch(path: Path) -> Any:
+    """A checkpoint file's tensors and plain values (never arbitrary pickled objects)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from exc
+
+
+def _check_plain(value: Any, where: str) -> None:
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, (str, int)):
+                raise TypeError(f"save_checkpoint: {where} has a key of type {type(key).__name__}")
+            _check_plain(item, f"{where}[{key!r}]")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_plain(item, f"{where}[{i}]")
+    elif not isinstance(value, _PLAIN_TYPES):
+        raise TypeError(
+            f"save_checkpoint: {where} is a {type(value).__name__}; extra state may only hold dicts, "
+            "lists, tuples, str, int, float, bool, None and tensors (convert it, e.g. via state_dict())"
+        )
+
+
+def capture_rng_state() -> dict[str, Any]:
+    """Python, NumPy, torch CPU and CUDA generator states, as tensors and plain values."""
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np_state = state["numpy"]
+    np.random.set_state(
+        (
+            np_state["kind"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
