@@ -178,3 +178,27 @@ def test_bad_inputs_are_named(model):
         SamplingParams(max_new_tokens=0)
     with pytest.raises(KeyError, match="lacks"):
         TransformersEngine(model).sync_weights(tiny_model(layers=1))
+
+
+def test_finished_rows_leave_the_batch_without_changing_any_result(model, monkeypatch):
+    """Rows that hit EOS are dropped from the KV cache mid-batch; every completion, log-prob and
+    finish reason stays what it is when each prompt runs alone."""
+    free = TransformersEngine(model).generate(PROMPTS, SamplingParams(max_new_tokens=24, n=4, seed=3))
+    eos = tuple({r.token_ids[2] for r in free[::2]})  # half the rows (at least) stop by their 3rd token
+    params = SamplingParams(max_new_tokens=24, n=4, seed=3, eos_token_ids=eos)
+    selections = []
+    cache_cls = type(model(torch.tensor([[1, 2]]), use_cache=True).past_key_values)
+    original = cache_cls.batch_select_indices
+    monkeypatch.setattr(
+        cache_cls,
+        "batch_select_indices",
+        lambda self, idx: (selections.append(len(idx)), original(self, idx)),
+    )
+    batched = TransformersEngine(model, max_batch_size=64).generate(PROMPTS, params)
+    assert selections and selections == sorted(selections, reverse=True)  # the batch shrank
+    single = TransformersEngine(model, max_batch_size=1).generate(PROMPTS, params)
+    reasons = {r.finish_reason for r in batched}
+    assert reasons == {"eos", "length"}, reasons  # some rows stop early, others run on
+    for rb, rs in zip(batched, single):
+        assert (rb.token_ids, rb.finish_reason) == (rs.token_ids, rs.finish_reason)
+        torch.testing.assert_close(rb.logprobs, rs.logprobs, atol=2e-5, rtol=0)

@@ -22,7 +22,8 @@ class TransformersEngine:
     """Batched, left-padded generation with ``model``.
 
     The model may be the trainer's own model (colocated: ``sync_weights`` is then a no-op) or a
-    separate copy. Sequences run ``max_batch_size`` at a time; results do not depend on that size.
+    separate copy. Sequences run ``max_batch_size`` at a time, and rows that finish leave the batch
+    (and its KV cache) as it decodes; results depend on neither.
     """
 
     def __init__(self, model: PreTrainedModel, *, max_batch_size: int = 64) -> None:
@@ -130,7 +131,6 @@ class TransformersEngine:
         tokens = torch.zeros(batch, steps, dtype=torch.long, device=device)
         logprobs = torch.zeros(batch, steps, dtype=torch.float32, device=device)
         lengths = torch.zeros(batch, dtype=torch.long, device=device)
-        done = torch.zeros(batch, dtype=torch.bool, device=device)
         hit_eos = torch.zeros(batch, dtype=torch.bool, device=device)
 
         out = self.model(
@@ -140,25 +140,37 @@ class TransformersEngine:
             use_cache=True,
             logits_to_keep=1,
         )
+        active = torch.arange(batch, device=device)  # batch row of each row still being decoded
+        live = torch.ones(batch, dtype=torch.bool, device=device)  # per decoded row: no EOS yet
         for t in range(steps):
             lp = sampling_logprobs(out.logits[:, -1], params.temperature, params.top_k, params.top_p)
-            token = sample_tokens(lp, uniforms[:, t])
-            live = ~done
-            tokens[:, t] = torch.where(live, token, 0)
-            logprobs[:, t] = torch.where(live, lp.gather(-1, token[:, None]).squeeze(-1), 0.0)
-            lengths += live.long()
+            token = sample_tokens(lp, uniforms[active, t])
+            tokens[active, t] = torch.where(live, token, 0)
+            logprobs[active, t] = torch.where(live, lp.gather(-1, token[:, None]).squeeze(-1), 0.0)
+            lengths[active] += live.long()
             stopped = live & torch.isin(token, eos)
-            hit_eos |= stopped
-            done |= stopped
-            if t == steps - 1 or bool(done.all()):
+            hit_eos[active] |= stopped
+            live &= ~stopped
+            if t == steps - 1:
                 break
-            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(batch, 1)], dim=-1)
+            num_live = int(live.sum())  # the one host sync per decoding step
+            if num_live == 0:
+                break
+            cache = out[self._cache_kwarg]
+            if num_live <= len(active) * 3 // 4:
+                # Stop decoding finished rows: drop them from the KV cache and the inputs once a
+                # quarter of the rows are done (each drop copies the cache, so not at every EOS).
+                keep = live.nonzero().squeeze(-1)
+                cache.batch_select_indices(keep)
+                active, live, token = active[keep], live[keep], token[keep]
+                attention_mask, position_ids = attention_mask[keep], position_ids[keep]
+            attention_mask = torch.cat([attention_mask, attention_mask.new_ones(len(active), 1)], dim=-1)
             position_ids = position_ids[:, -1:] + 1
             out = self.model(
                 input_ids=token[:, None],
                 attention_mask=attention_mask,
                 position_ids=position_ids,
                 use_cache=True,
-                **{self._cache_kwarg: out[self._cache_kwarg]},
+                **{self._cache_kwarg: cache},
             )
         return tokens.cpu(), logprobs.cpu(), lengths.cpu(), hit_eos.cpu()
