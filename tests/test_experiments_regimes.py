@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from occ_fast.experiments.regimes import SUMMARY_KEYS, main, parse_settings, smooth
+from occ_fast.experiments.regimes import PAIRED_KEYS, SUMMARY_KEYS, main, parse_settings, smooth
 
 MINI = (
     "--model.tiny.hidden-size 32 --model.tiny.intermediate-size 64 --model.tiny.num-layers 1 "
@@ -55,7 +55,7 @@ def test_sweep_writes_tables_json_and_plots(sweep):
                 continue
             assert entry[key]["mean"] == pytest.approx(statistics.mean(values))
             assert entry[key]["std"] == pytest.approx(statistics.stdev(values))
-        for key in ("final_reward", "heldout_accuracy"):  # paired with detach (the first setting), per seed
+        for key in PAIRED_KEYS:  # paired with detach (the first setting), per seed
             diffs = [
                 r[key]
                 - next(d for d in results["runs"] if (d["setting"], d["seed"]) == ("detach", r["seed"]))[key]

@@ -75,7 +75,11 @@ POLICY_DEFAULT_LAMS = ("0.1", "0.5", "1.0")
 TAIL_STEPS = 10  # final reward and MTP accuracy average the last this many RL steps
 SMOOTH_WINDOW = 5  # trailing moving average of the plotted curves
 SUMMARY_KEYS = ("final_reward", "heldout_accuracy", "mtp_accuracy", "final_lam", "final_lam_proxy")
-PAIRED_KEYS = ("final_reward", "heldout_accuracy")  # also reported as differences from the reference
+PAIRED_KEYS = (
+    "final_reward",
+    "heldout_accuracy",
+    "mtp_accuracy",
+)  # also reported as differences from the reference
 # Trainer flags the sweep sets itself; an --extra naming one would silently change what is compared.
 CONTROLLED_FLAGS = frozenset(
     {
@@ -276,9 +280,8 @@ def summarize(runs: list[dict[str, Any]], settings: list[Setting]) -> dict[str, 
         for key in SUMMARY_KEYS:
             entry[key] = stat([r[key] for r in rows if r[key] is not None])
         for key in PAIRED_KEYS:
-            entry[f"paired_{key}"] = stat(
-                [r[key] - reference[r["seed"]][key] for r in rows if r["seed"] in reference]
-            )
+            pairs = [(r[key], reference[r["seed"]][key]) for r in rows if r["seed"] in reference]
+            entry[f"paired_{key}"] = stat([a - b for a, b in pairs if a is not None and b is not None])
         summary[setting.name] = entry
     return summary
 
@@ -304,15 +307,16 @@ def write_markdown(path: Path, args: argparse.Namespace, results: dict[str, Any]
         "detach/ce); OCC proxy lam: the OCC estimate logged in every regime. The paper (method.md "
         "section 8) finds occ >= detach > policy > ce at 7B scale.",
         "",
-        "| regime | seeds | final reward | held-out accuracy | paired Δ reward | paired Δ held-out "
-        "| MTP accuracy | final lam | OCC proxy lam |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| regime | seeds | final reward | held-out accuracy | MTP accuracy | paired Δ reward "
+        "| paired Δ held-out | paired Δ MTP accuracy | final lam | OCC proxy lam |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, s in results["summary"].items():
+        paired = " | ".join(_fmt(s[f"paired_{key}"], True, 3) for key in PAIRED_KEYS)
         lines.append(
             f"| {name} | {s['n']} | {_fmt(s['final_reward'])} | {_fmt(s['heldout_accuracy'])} "
-            f"| {_fmt(s['paired_final_reward'], True, 3)} | {_fmt(s['paired_heldout_accuracy'], True, 3)} "
-            f"| {_fmt(s['mtp_accuracy'])} | {_fmt(s['final_lam'], True)} | {_fmt(s['final_lam_proxy'], True)} |"
+            f"| {_fmt(s['mtp_accuracy'])} | {paired} | {_fmt(s['final_lam'], True)} "
+            f"| {_fmt(s['final_lam_proxy'], True)} |"
         )
     starts = [w["heldout_accuracy"] for w in results["warm_start"]]
     spread = f" ± {statistics.stdev(starts):.3f}" if len(starts) > 1 else ""
