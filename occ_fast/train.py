@@ -246,8 +246,8 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
                 [micro for micro, _ in micros],
                 olds,
                 loss_cfg=run.loss_cfg,
-                num_tokens=response_tokens(mini_samples),
-                mtp_num_tokens=mtp_row_counts(mini_samples, run.model.num_mtp),
+                num_tokens=normaliser(response_tokens(mini_samples)),
+                mtp_num_tokens=[normaliser(n) for n in mtp_row_counts(mini_samples, run.model.num_mtp)],
                 temperature=cfg.rollout.temperature,
                 autocast_dtype=run.autocast_dtype,
             )
@@ -475,13 +475,16 @@ def response_tokens(samples: list[Sample]) -> float:
 
 
 def mtp_row_counts(samples: list[Sample], depths: int) -> list[float]:
-    """Each MTP depth's normaliser: the response tokens it has a row for (at least 1)."""
-    return [float(max(sum(s.mtp_rows(k) for s in samples), 1)) for k in range(1, depths + 1)]
+    """Each MTP depth's normaliser: the response tokens it has a row for."""
+    return [float(sum(s.mtp_rows(k) for s in samples)) for k in range(1, depths + 1)]
 
 
-def global_count(count: float) -> float | torch.Tensor:
-    """A normaliser summed over data-parallel ranks (the number itself in a single process)."""
-    return global_sum(count) if dist.is_initialized() else count
+def normaliser(count: float) -> float | torch.Tensor:
+    """A token count as a loss normaliser: summed over data-parallel ranks, and at least 1 (a
+    count of 0 means an all-zero loss term, which must not become 0/0)."""
+    if dist.is_initialized():
+        return global_sum(count).clamp(min=1.0)
+    return max(count, 1.0)
 
 
 def update_mini_batch(
@@ -497,8 +500,8 @@ def update_mini_batch(
     The loss divides by the mini-batch's token counts over all ranks; a padding micro-batch (a
     repeat that only keeps FSDP's collectives in step) backpropagates zero and adds no metrics."""
     cfg, model = run.cfg, run.model
-    num_tokens = global_count(response_tokens(samples))
-    mtp_tokens = [global_count(n) for n in mtp_row_counts(samples, model.num_mtp)]
+    num_tokens = normaliser(response_tokens(samples))
+    mtp_tokens = [normaliser(n) for n in mtp_row_counts(samples, model.num_mtp)]
     real_micros = sum(real for _, real in micros)
     first_mini = stats.optimizer_steps + stats.nan_skipped == 0
     model.train()
