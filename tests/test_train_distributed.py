@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -91,13 +92,31 @@ def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
 
 
+def resumed(out, source: str, name: str, steps: int, nproc: int | None = None) -> None:
+    """Copy run ``source`` to ``name`` and continue it to ``steps`` (torchrun with ``nproc`` ranks,
+    or in this process)."""
+    shutil.copytree(out / source, out / name)
+    args = argv(out, name, steps, "--run.resume", "auto")
+    if nproc is None:
+        train(parse_config(args))
+        return
+    done = torchrun(args, nproc=nproc)
+    if done.returncode != 0:
+        pytest.fail(f"torchrun resume failed ({done.returncode}):\n{done.stderr[-8000:]}")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    """2 steps on 2 ranks and in one process; then each continued to 3 steps: the 2-rank run on 2
+    ranks and in one process (its sharded checkpoint resharded), the single-process run in one."""
     out = tmp_path_factory.mktemp("dp")
     done = torchrun(argv(out, "dp", 2))
     if done.returncode != 0:
         pytest.fail(f"torchrun trainer failed ({done.returncode}):\n{done.stderr[-8000:]}")
     train(parse_config(argv(out, "single", 2)))
+    resumed(out, "dp", "dp-on-2", 3, nproc=2)
+    resumed(out, "dp", "dp-on-1", 3)
+    resumed(out, "single", "single-3", 3)
     return out, done
 
 
@@ -130,18 +149,19 @@ def test_two_rank_run_writes_sharded_checkpoints_and_a_full_export(runs):
     assert done.stderr.count("done 2 steps") == 1  # rank 0 alone reports
 
 
-def test_two_rank_checkpoint_resumes_in_one_process(runs):
+@pytest.mark.parametrize("name", ["dp-on-2", "dp-on-1"])
+def test_two_rank_checkpoint_resumes_on_two_ranks_or_one(runs, name):
     out, _ = runs
-    train(parse_config(argv(out, "dp", 3, "--run.resume", "auto")))
-    train(parse_config(argv(out, "single", 3, "--run.resume", "auto")))
-    resumed, single = metrics(out / "dp"), metrics(out / "single")
-    assert [m["step"] for m in resumed] == [0, 1, 2]
+    got_metrics, want_metrics = metrics(out / name), metrics(out / "single-3")
+    assert [m["step"] for m in got_metrics] == [0, 1, 2]
     for key in COMPARED:
-        if key in single[2]:
-            assert resumed[2][key] == pytest.approx(single[2][key], rel=1e-4, abs=1e-6), key
-    got, want = weights(out / "dp"), weights(out / "single")
-    for name in want:
-        torch.testing.assert_close(got[name], want[name], rtol=0, atol=4e-6, msg=name)
+        if key in want_metrics[2]:
+            assert got_metrics[2][key] == pytest.approx(want_metrics[2][key], rel=1e-4, abs=1e-6), key
+    got, want = weights(out / name), weights(out / "single-3")
+    for key in want:
+        torch.testing.assert_close(got[key], want[key], rtol=0, atol=4e-6, msg=key)
+    meta = json.loads((sorted((out / name / "checkpoints").iterdir())[-1] / "meta.json").read_text())
+    assert (meta["step"], meta.get("format")) == (2, "dcp" if name == "dp-on-2" else None)
 
 
 def test_single_process_checkpoint_does_not_load_under_fsdp(runs):
