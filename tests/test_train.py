@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from rich.console import Console
 from safetensors.torch import load_file
 
 import occ_fast.train as train_module
@@ -196,3 +197,27 @@ def test_exact_gradient_diagnostics_are_logged_beside_the_proxy(tmp_path):
     assert summary.proxy_vs_exact["exact/rows"] <= 2
     with pytest.raises(ConfigError, match="mtp.exact_every"):
         fast_config(tmp_path, "--mtp.exact-every", "1", "--mtp.regime", "none")
+
+
+def test_gradient_checkpointing_trains_the_same_weights(tmp_path):
+    """``model.gradient_checkpointing`` recomputes the trunk in backward: the same step, less memory."""
+    finals = {}
+    for name, flag in (
+        ("plain", "--model.no-gradient-checkpointing"),
+        ("ckpt", "--model.gradient-checkpointing"),
+    ):
+        cfg = fast_config(tmp_path, flag, "--train.steps", "2", "--eval.every", "0", name=name)
+        train(cfg)
+        finals[name] = (read_metrics(cfg.run_dir), load_file(cfg.run_dir / "model" / "model.safetensors"))
+    (plain_metrics, plain), (ckpt_metrics, ckpt) = finals["plain"], finals["ckpt"]
+    assert [m["loss"] for m in ckpt_metrics] == pytest.approx([m["loss"] for m in plain_metrics], rel=1e-5)
+    for key in plain:
+        torch.testing.assert_close(ckpt[key], plain[key], rtol=0, atol=1e-6, msg=key)
+    for flag, active in (
+        ("--model.gradient-checkpointing", True),
+        ("--model.no-gradient-checkpointing", False),
+    ):
+        run = train_module.setup(fast_config(tmp_path, flag, name=f"setup{active}"), Console(quiet=True))
+        assert run.model.base.is_gradient_checkpointing is active
+        run.scorer.close()
+        run.metrics.close()
