@@ -10,6 +10,10 @@ other, then scores every run greedily on held-out problems and writes ``results.
     python -m occ_fast.experiments.regimes --regimes detach occ --seeds 2 --steps 40
     python -m occ_fast.experiments.regimes --extra="--optim.lr 1e-3"     # any trainer override, every run
     python -m occ_fast.experiments.regimes --output runs/regimes-X --resume   # finish an interrupted sweep
+    python -m occ_fast.experiments.regimes --regimes detach ce ce-1.0 detach-1.0   # the MTP CE weight c
+
+``ce-<c>`` / ``detach-<c>`` set the MTP cross-entropy coefficient c (the preset's is 0.1), ``policy-<lam>``
+the fixed lam. The first setting is the reference of the paired differences in the table.
 
 Shared warm start. The SFT warm start is done once per seed (``warm-start/seed<S>/``) and every
 regime of that seed starts RL from it (``--model.name-or-path``, SFT steps 0), with the same RNG
