@@ -227,9 +227,17 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
     ]
 
     # 5. Mini-batches of whole groups, each split into micro-batches; old log-probs before any update.
+    # The first mini-batch's come free from its own training forward (None here): its weights are
+    # still the rollout weights. Exact diagnostics on a lone mini-batch need them before that forward.
     t1 = time.perf_counter()
     minis = mini_batches(run, samples)
-    old_logprobs = [[old_main_logprobs(run, micro) for micro, _ in micros] for _, micros in minis]
+    diagnose = bool(cfg.mtp.exact_every) and step % cfg.mtp.exact_every == 0
+    old_logprobs = [
+        [old_main_logprobs(run, micro) for micro, _ in micros]
+        if i > 0 or (diagnose and len(minis) == 1)
+        else None
+        for i, (_, micros) in enumerate(minis)
+    ]
     timings["time/old_logprobs_s"] = time.perf_counter() - t1
 
     # 6. Policy updates: one optimizer step per mini-batch.
@@ -237,7 +245,7 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
     update, exact = UpdateStats(), {}
     task = run.progress.add_task(f"step {step}: updates", total=sum(len(micros) for _, micros in minis))
     for i, ((mini_samples, micros), olds) in enumerate(zip(minis, old_logprobs)):
-        if cfg.mtp.exact_every and step % cfg.mtp.exact_every == 0 and i == len(minis) - 1:
+        if diagnose and i == len(minis) - 1:
             # Diagnostics: exact <g_RL, g_MTP> and ||g_MTP||^2 beside the proxy, on the last mini-batch
             # (on the first one the weights still equal the rollout weights and the proxy is 0).
             # Single-process only (checked in setup): every micro-batch here is a real one.
@@ -428,7 +436,6 @@ class UpdateStats:
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
         self.lams: list[torch.Tensor] = []
-        self.first_lams: list[torch.Tensor] = []
         self.grad_norms: list[torch.Tensor] = []
         self.loss_keys: set[str] = set()  # token means over the global count: summed over ranks
         self.optimizer_steps = 0
@@ -459,9 +466,6 @@ class UpdateStats:
                 "mtp/lam_min": float(lams.min()),
                 "mtp/lam_max": float(lams.max()),
             }
-            out["mtp/lam_first_minibatch"] = float(
-                torch.stack([x.float().cpu() for x in self.first_lams]).mean()
-            )
         if self.grad_norms:
             out["optim/grad_norm"] = float(torch.stack([g.cpu() for g in self.grad_norms]).mean())
         out["optim/nan_skipped"] = self.nan_skipped
@@ -491,22 +495,23 @@ def update_mini_batch(
     run: Run,
     samples: list[Sample],
     micros: list[tuple[MicroBatch, bool]],
-    old_logprobs: list[torch.Tensor],
+    old_logprobs: list[torch.Tensor] | None,
     stats: UpdateStats,
     on_micro: Callable[[], None] | None = None,
 ) -> None:
     """Forward every micro-batch, backward its share of the mini-batch loss, then one optimizer step.
 
+    ``old_logprobs`` None: the weights are the rollout weights, so ``lp_old`` is this forward's own
+    main-head log-prob, detached (the ratio is exactly 1, OCC's ``d_rl`` exactly 0).
     The loss divides by the mini-batch's token counts over all ranks; a padding micro-batch (a
     repeat that only keeps FSDP's collectives in step) backpropagates zero and adds no metrics."""
     cfg, model = run.cfg, run.model
     num_tokens = normaliser(response_tokens(samples))
     mtp_tokens = [normaliser(n) for n in mtp_row_counts(samples, model.num_mtp)]
     real_micros = sum(real for _, real in micros)
-    first_mini = stats.optimizer_steps + stats.nan_skipped == 0
     model.train()
     run.optimizer.zero_grad(set_to_none=True)
-    for (micro, real), lp_old in zip(micros, old_logprobs):
+    for j, (micro, real) in enumerate(micros):
         out = policy_logprobs(
             model,
             micro,
@@ -515,6 +520,7 @@ def update_mini_batch(
             autocast_dtype=run.autocast_dtype,
         )
         main = out.heads[0]
+        lp_old = old_logprobs[j] if old_logprobs is not None else main.logprob.detach()
         loss, metrics = compute_loss(
             run.loss_cfg,
             lp_old,
@@ -549,8 +555,6 @@ def update_mini_batch(
             stats.add("mtp/c_hat", metrics["mtp1/c_hat"] / real_micros)
             stats.add("mtp/v2_hat", metrics["mtp1/v2_hat"] / real_micros)
             stats.lams.append(metrics["mtp1/lam"].detach())
-            if first_mini:
-                stats.first_lams.append(metrics["mtp1/lam"].detach())
         if on_micro is not None:
             on_micro()
     max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
