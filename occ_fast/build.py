@@ -52,7 +52,18 @@ def build_model(
     cfg: Config, tokenizer: PreTrainedTokenizerBase, device: torch.device, dtype: torch.dtype | None = None
 ) -> MTPModel:
     """The MTP model in ``model.dtype``, or in ``dtype`` when given (fp32 master weights under FSDP2
-    mixed precision)."""
+    mixed precision), with the trunk's activation checkpointing on when ``model.gradient_checkpointing``."""
+    model = _build_mtp_model(cfg, tokenizer, device, dtype)
+    if cfg.model.gradient_checkpointing:
+        # Non-reentrant, per decoder layer: under FSDP2 the layer's own hooks stay outside the
+        # recomputed region (transformers checkpoints each layer's forward).
+        model.base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
+def _build_mtp_model(
+    cfg: Config, tokenizer: PreTrainedTokenizerBase, device: torch.device, dtype: torch.dtype | None
+) -> MTPModel:
     dtype = dtype or model_dtype(cfg, device)
     detach = {"detach_trunk": cfg.mtp.detach_trunk, "detach_lm_head": cfg.mtp.detach_lm_head}
     heads = cfg.model.mtp_heads if cfg.mtp.regime != "none" else 0

@@ -177,7 +177,7 @@ def shard_model(
         device_type,
         len(layers),
         "bf16 params / fp32 reduce" if mixed_precision else "fp32",
-        "on" if activation_checkpointing else "off",
+        "on" if model.base.is_gradient_checkpointing else "off",
     )
     return model
 

@@ -42,13 +42,13 @@ import tyro
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from occ_fast.data import PromptRecord, load_prompt_file
 from occ_fast.evaluation import evaluate
 from occ_fast.model import choose_attn_implementation, load_config
+from occ_fast.progress import progress_bars
 from occ_fast.rewards import RewardScorer
 from occ_fast.rollout import RolloutEngine, TransformersEngine
 from occ_fast.tokenizer import load_tokenizer
@@ -157,13 +157,7 @@ def run_eval(args: EvalArgs, *, console: Console | None = None) -> dict[str, Any
         output.mkdir(parents=True, exist_ok=True)
         logger.info("writing to %s", output)
         metrics = {}
-        progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-        )
+        progress = progress_bars(console)
         with progress:
             for bench in benchmarks:
                 task = progress.add_task(bench.name, total=len(bench.records) * args.k)

@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from transformers import PreTrainedTokenizerBase
 
 from occ_fast.algorithm import (
@@ -61,6 +61,7 @@ from occ_fast.forward import policy_logprobs
 from occ_fast.metrics import MetricsLogger
 from occ_fast.model import MTPModel, save_mtp_model
 from occ_fast.optim import build_optimizer, build_scheduler
+from occ_fast.progress import progress_bars
 from occ_fast.prompts import encode_prompt
 from occ_fast.rewards import RewardScorer
 from occ_fast.rollout import RolloutEngine, RolloutResult, SamplingParams, TransformersEngine
@@ -613,14 +614,7 @@ def setup(cfg: Config, console: Console) -> Run:
     model = build_model(cfg, tokenizer, device, dtype=torch.float32 if mixed_precision else None)
     records = train_records(cfg)
     sampler = PromptSampler(len(records), seed=cfg.data.seed)
-    progress = Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not info.is_main,
-    )
+    progress = progress_bars(console, disable=not info.is_main)
     autocast = torch.bfloat16 if cfg.train.bf16_autocast and device.type == "cuda" else None
     if checkpoint is None:
         if info.is_main:
@@ -636,13 +630,7 @@ def setup(cfg: Config, console: Console) -> Run:
         replica = copy.deepcopy(model.base).to(torch.bfloat16 if mixed_precision else model.base.dtype)
         replica.requires_grad_(False)
     if sharded:
-        shard_model(
-            model,
-            mixed_precision=mixed_precision,
-            activation_checkpointing=cfg.model.gradient_checkpointing,
-        )
-    elif cfg.model.gradient_checkpointing:
-        model.base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        shard_model(model, mixed_precision=mixed_precision)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps=cfg.train.steps)
     start_step = 0
