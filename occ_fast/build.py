@@ -11,9 +11,11 @@ import logging
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
-from occ_fast.config import Config
+from occ_fast.config import Config, ConfigError
 from occ_fast.data import ArithmeticTask, PromptRecord, load_prompt_file
+from occ_fast.data.length import drop_long_prompts
 from occ_fast.model import MTPModel, load_mtp_model
+from occ_fast.prompts import encode_prompt
 from occ_fast.tokenizer import load_tokenizer, train_bpe_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -113,6 +115,28 @@ def train_records(cfg: Config) -> list[PromptRecord]:
     if dataset.num_skipped:
         logger.warning("%s: skipped %d malformed rows", cfg.data.path, dataset.num_skipped)
     return list(dataset.records)
+
+
+def limit_prompt_length(
+    cfg: Config, records: list[PromptRecord], tokenizer: PreTrainedTokenizerBase, *, warn: bool = True
+) -> list[PromptRecord]:
+    """``data.max_prompt_tokens``: drop the longer training prompts, with one warning (when ``warn``:
+    rank 0 of a data-parallel run) that counts them."""
+    limit = cfg.data.max_prompt_tokens
+    if limit is None:
+        return records
+    filtered = drop_long_prompts(records, lambda r: encode_prompt(tokenizer, r), limit)
+    if not filtered.records:
+        raise ConfigError(
+            f"data.max_prompt_tokens={limit} drops all {len(records)} prompts (the longest has "
+            f"{filtered.longest} tokens): raise the limit"
+        )
+    if filtered.num_dropped and warn:
+        logger.warning(
+            "data.max_prompt_tokens=%d: dropped %d of %d prompts (the longest had %d tokens)",
+            limit, filtered.num_dropped, len(records), filtered.longest,
+        )  # fmt: skip
+    return filtered.records
 
 
 def eval_records(cfg: Config) -> list[PromptRecord]:

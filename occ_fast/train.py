@@ -36,6 +36,7 @@ from occ_fast.build import (
     build_model,
     build_tokenizer,
     eval_records,
+    limit_prompt_length,
     model_dtype,
     resolve_device,
     train_records,
@@ -608,11 +609,12 @@ def setup(cfg: Config, console: Console) -> Run:
     run_dir = cfg.run_dir
     checkpoint = resolve_resume(cfg)
     barrier()  # every rank has looked at the run directory before rank 0 writes into it
+    records = train_records(cfg)  # bad data fails here, before the model is built
     torch.manual_seed(cfg.train.seed)
     tokenizer = build_tokenizer(cfg)
+    records = limit_prompt_length(cfg, records, tokenizer, warn=info.is_main)
     mixed_precision = sharded and model_dtype(cfg, device) == torch.bfloat16
     model = build_model(cfg, tokenizer, device, dtype=torch.float32 if mixed_precision else None)
-    records = train_records(cfg)
     sampler = PromptSampler(len(records), seed=cfg.data.seed)
     progress = progress_bars(console, disable=not info.is_main)
     autocast = torch.bfloat16 if cfg.train.bf16_autocast and device.type == "cuda" else None
