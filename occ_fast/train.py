@@ -10,6 +10,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
+import signal
 import sys
 import time
 from collections import defaultdict
@@ -41,7 +43,13 @@ from occ_fast.build import (
     resolve_device,
     train_records,
 )
-from occ_fast.checkpoint import CheckpointError, find_latest, load_checkpoint, save_checkpoint
+from occ_fast.checkpoint import (
+    CheckpointError,
+    checkpoint_dir,
+    find_latest,
+    load_checkpoint,
+    save_checkpoint,
+)
 from occ_fast.config import Config, ConfigError, parse_config
 from occ_fast.data import PromptRecord, PromptSampler
 from occ_fast.diagnostics import exact_gradient_stats, proxy_exact_correlation
@@ -59,6 +67,7 @@ from occ_fast.distributed import (
 )
 from occ_fast.evaluation import evaluate
 from occ_fast.forward import policy_logprobs
+from occ_fast.interrupt import GracefulStop, Interrupted, resume_command
 from occ_fast.metrics import MetricsLogger
 from occ_fast.model import MTPModel, save_mtp_model
 from occ_fast.optim import build_optimizer, build_scheduler
@@ -149,6 +158,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:  # checks that need the process group (world size) or the run directory
         console.print(f"[bold red]invalid configuration[/]\n{err}")
         return 2
+    except Interrupted as stop:
+        if os.environ.get("RANK", "0") == "0":
+            console.print(stop.message, soft_wrap=True)
+        return stop.exit_code
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -175,8 +188,26 @@ def train(cfg: Config, *, console: Console | None = None) -> Summary:
 
     Under torchrun every rank calls this; rank 0 alone writes metrics, plots and logs."""
     console = console or Console(stderr=True)
-    run = setup(cfg, console)
-    main_rank = run.dist.is_main
+    with GracefulStop() as stop:
+        run = setup(cfg, console)
+        stop.deferred = True  # from here a signal lets the step finish, then saves it
+        run_loop(run, stop)
+        if run.metrics is not None:
+            run.metrics.plot(PLOTS)
+            run.metrics.close()
+        run.scorer.close()
+        if run.sharded:
+            export_hf(
+                run.model, cfg.run_dir / "model", tokenizer=run.tokenizer
+            )  # gathered, written by rank 0
+        else:
+            save_mtp_model(run.model, cfg.run_dir / "model", tokenizer=run.tokenizer)
+    return summarize(run)
+
+
+def run_loop(run: Run, stop: GracefulStop) -> None:
+    """Steps from ``run.start_step`` to ``train.steps``, with logging, evaluation and checkpoints."""
+    cfg, main_rank = run.cfg, run.dist.is_main
     with run.progress:
         steps = run.progress.add_task("RL steps", total=cfg.train.steps, completed=run.start_step)
         for step in range(run.start_step, cfg.train.steps):
@@ -190,20 +221,32 @@ def train(cfg: Config, *, console: Console | None = None) -> Summary:
                 (cfg.run.log_every and step % cfg.run.log_every == 0) or step + 1 == cfg.train.steps
             ):
                 run.progress.console.print(step_line(step, metrics))
-            if (cfg.run.save_every and (step + 1) % cfg.run.save_every == 0) or step + 1 == cfg.train.steps:
+            saved = (
+                cfg.run.save_every and (step + 1) % cfg.run.save_every == 0
+            ) or step + 1 == cfg.train.steps
+            if saved:
                 save(run, step)
             if run.metrics is not None and cfg.run.plot_every and (step + 1) % cfg.run.plot_every == 0:
                 run.metrics.plot(PLOTS)
             run.progress.advance(steps)
+            signum = stop.agreed(run.device)
+            if signum is not None:
+                stop_after(run, step, signum, saved=saved)
+
+
+def stop_after(run: Run, step: int, signum: int, *, saved: bool) -> None:
+    """End the run on a signal once ``step`` is complete: checkpoint it, then raise :class:`Interrupted`."""
+    if not saved:
+        save(run, step)
     if run.metrics is not None:
-        run.metrics.plot(PLOTS)
         run.metrics.close()
     run.scorer.close()
-    if run.sharded:
-        export_hf(run.model, cfg.run_dir / "model", tokenizer=run.tokenizer)  # gathered, written by rank 0
-    else:
-        save_mtp_model(run.model, cfg.run_dir / "model", tokenizer=run.tokenizer)
-    return summarize(run)
+    command = resume_command(run.cfg.run_dir / "config.yaml", run.dist.world_size)
+    raise Interrupted(
+        signum,
+        f"interrupted ({signal.Signals(signum).name}) after step {step}: saved "
+        f"{checkpoint_dir(run.cfg.run_dir, step)}; resume with: {command}",
+    )
 
 
 def rl_step(run: Run, step: int) -> dict[str, float]:

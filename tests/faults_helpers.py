@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -25,6 +28,7 @@ FAST = [
     "--run.plot-every", "0",
 ]  # fmt: skip
 SUBPROCESS_TIMEOUT_S = 120
+TESTS_DIR = Path(__file__).resolve().parent
 
 
 def fast_args(out: Path, name: str, *extra: str) -> list[str]:
@@ -50,34 +54,64 @@ def arithmetic_rows(count: int) -> list[dict]:
     return [{"prompt": f"{i} + {i + 1} =", "answer": str(2 * i + 1)} for i in range(10, 10 + count)]
 
 
-def trainer_env() -> dict[str, str]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
+def trainer_env(**extra: str) -> dict[str, str]:
+    """A trainer subprocess's environment: single-process, and ``fault_rewards`` importable."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **extra}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get("PYTHONPATH")) if p)
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     return env
 
 
-def start_trainer(args: list[str], module: str = "occ_fast.train") -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", module, *args],
-        env=trainer_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
+class Trainer:
+    """``python -m occ_fast.train ARGS`` in its own process group, its output collected as it comes."""
+
+    def __init__(self, args: list[str], **env: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "occ_fast.train", *args],
+            env=trainer_env(**env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
+        self._reader.start()
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, ready, what: str, timeout: float = SUBPROCESS_TIMEOUT_S) -> None:
+        """Poll ``ready()`` until true; fail (killing the trainer) if it exits or the time runs out."""
+        deadline = time.monotonic() + timeout
+        while not ready():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.kill()
+                pytest.fail(
+                    f"trainer never got to {what} (exit {self.proc.returncode}):\n{self.output[-6000:]}"
+                )
+            time.sleep(0.05)
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def finish(self, timeout: float = SUBPROCESS_TIMEOUT_S) -> tuple[int, str]:
+        """Wait for the exit; kill the whole process group and fail the test when it hangs."""
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"trainer hung for {timeout} s:\n{self.output[-6000:]}")
+        self._reader.join(timeout=10)
+        return self.proc.returncode, self.output
+
+    def kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
 
-def finish(proc: subprocess.Popen, timeout: float = SUBPROCESS_TIMEOUT_S) -> tuple[int, str]:
-    """Wait for ``proc``; kill its whole process group and fail the test when it hangs."""
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        output, _ = proc.communicate()
-        pytest.fail(f"trainer hung for {timeout} s:\n{output[-6000:]}")
-    return proc.returncode, output
-
-
-def run_trainer(args: list[str]) -> tuple[int, str]:
-    return finish(start_trainer(args))
+def run_trainer(args: list[str], **env: str) -> tuple[int, str]:
+    return Trainer(args, **env).finish()

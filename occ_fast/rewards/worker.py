@@ -9,6 +9,7 @@ then per item parent sends ``(index, completion, ground_truth)``, worker answers
 
 from __future__ import annotations
 
+import signal
 import sys
 from multiprocessing.connection import Connection
 
@@ -17,6 +18,10 @@ from occ_fast.rewards.loader import call_reward, load_reward_fn
 
 def serve(inbox: Connection, outbox: Connection) -> None:
     """Score items until told to stop; exceptions of the reward function are reported, not raised."""
+    # A terminal's Ctrl-C (and a scheduler's SIGTERM to the job) reaches the workers too: the trainer
+    # finishes its step with them, then stops them; they also exit when its end of the pipe closes.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
     sys_path, spec = inbox.recv()
     sys.path[:] = sys_path  # the parent's path, so functions importable there import here too
     try:

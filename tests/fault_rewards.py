@@ -1,0 +1,25 @@
+"""Reward functions that misbehave on purpose, for the fault tests (importable as ``fault_rewards``)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from occ_fast.rewards.arithmetic import arithmetic_reward
+
+
+def always_fails(completion: str, ground_truth: str) -> float:
+    raise RuntimeError("this reward fails on every sample")
+
+
+_calls = {"n": 0}
+
+
+def hang_after_calls(completion: str, ground_truth: str) -> float:
+    """The arithmetic reward for the first ``$FAULT_HANG_AFTER`` calls; then it creates the file
+    ``$FAULT_HANG_FLAG`` (so a test knows) and hangs."""
+    _calls["n"] += 1
+    if _calls["n"] > int(os.environ["FAULT_HANG_AFTER"]):
+        open(os.environ["FAULT_HANG_FLAG"], "w").close()  # noqa: SIM115
+        time.sleep(3600)
+    return arithmetic_reward(completion, ground_truth)

@@ -1,0 +1,64 @@
+"""Ctrl-C and SIGTERM sent to a real training process: the step finishes, a checkpoint is written,
+one line gives the command that resumes, and that command continues the run; a second signal exits
+at once."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import signal
+import time
+
+from faults_helpers import Trainer, fast_args, run_trainer
+
+from occ_fast.checkpoint import find_latest
+
+
+def steps_logged(run_dir) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line)["step"] for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_sigterm_saves_the_step_and_prints_the_command_that_resumes(tmp_path):
+    run_dir = tmp_path / "r"
+    trainer = Trainer(fast_args(tmp_path, "r", "--train.steps", "12", "--run.save-every", "0"))
+    trainer.wait_for(lambda: steps_logged(run_dir), "its first step")
+    trainer.signal(signal.SIGTERM)
+    code, output = trainer.finish()
+    assert code == 128 + signal.SIGTERM, output[-3000:]
+    last = steps_logged(run_dir)[-1]
+    assert last < 11, "the signal came too late to test anything"
+    assert find_latest(run_dir).name == f"step_{last:09d}"
+    stop_lines = [line for line in output.splitlines() if "resume with:" in line]
+    assert len(stop_lines) == 1, output[-3000:]
+    assert f"interrupted (SIGTERM) after step {last}" in stop_lines[0]
+    assert "Traceback" not in output
+
+    command = shlex.split(re.search(r"resume with: (.+)$", stop_lines[0]).group(1))
+    assert command[:3] == ["python", "-m", "occ_fast.train"]
+    code, output = run_trainer(command[3:])
+    assert code == 0, output[-3000:]
+    assert steps_logged(run_dir) == list(range(12))
+
+
+def test_a_second_sigint_exits_at_once_without_saving(tmp_path):
+    run_dir, flag = tmp_path / "r", tmp_path / "hanging"
+    trainer = Trainer(
+        fast_args(
+            tmp_path, "r", "--train.steps", "12", "--run.save-every", "0",
+            "--reward.fn", "fault_rewards:hang_after_calls", "--reward.timeout-s", "600",
+        ),
+        FAULT_HANG_AFTER="16", FAULT_HANG_FLAG=str(flag),
+    )  # fmt: skip
+    trainer.wait_for(flag.exists, "the hanging reward of step 1")
+    trainer.signal(signal.SIGINT)
+    time.sleep(1.5)
+    assert trainer.proc.poll() is None, "the first SIGINT must let the step finish"
+    started = time.monotonic()
+    trainer.signal(signal.SIGINT)
+    code, output = trainer.finish(timeout=30)
+    assert time.monotonic() - started < 10
+    assert code == 128 + signal.SIGINT, output[-3000:]
+    assert "second SIGINT: exiting now without saving" in output
+    assert find_latest(run_dir) is None
