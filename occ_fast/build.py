@@ -12,7 +12,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase, Qwen2Config, Qwen2ForCausalLM
 
 from occ_fast.config import Config, ConfigError
-from occ_fast.data import ArithmeticTask, PromptRecord, load_prompt_file
+from occ_fast.data import ArithmeticTask, DatasetError, PromptRecord, load_prompt_file
 from occ_fast.data.length import drop_long_prompts
 from occ_fast.model import MTPModel, load_mtp_model
 from occ_fast.prompts import encode_prompt
@@ -106,12 +106,15 @@ def _build_mtp_model(
 def train_records(cfg: Config) -> list[PromptRecord]:
     if cfg.data.source == "synthetic":
         return synthetic_task(cfg).sample("train", cfg.data.train_problems, seed=cfg.data.seed)
-    dataset = load_prompt_file(
-        cfg.data.path,
-        prompt_field=cfg.data.prompt_field,
-        answer_field=cfg.data.answer_field,
-        on_error=cfg.data.on_error,
-    )
+    try:
+        dataset = load_prompt_file(
+            cfg.data.path,
+            prompt_field=cfg.data.prompt_field,
+            answer_field=cfg.data.answer_field,
+            on_error=cfg.data.on_error,
+        )
+    except (OSError, ValueError) as e:  # missing/unreadable file, bad row, no usable rows
+        raise DatasetError(f"training data (data.path): {e}") from e
     if dataset.num_skipped:
         logger.warning("%s: skipped %d malformed rows", cfg.data.path, dataset.num_skipped)
     return list(dataset.records)

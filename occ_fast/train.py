@@ -51,7 +51,7 @@ from occ_fast.checkpoint import (
     save_checkpoint,
 )
 from occ_fast.config import Config, ConfigError, parse_config
-from occ_fast.data import PromptRecord, PromptSampler
+from occ_fast.data import DatasetError, PromptRecord, PromptSampler
 from occ_fast.diagnostics import exact_gradient_stats, proxy_exact_correlation
 from occ_fast.distributed import (
     DistInfo,
@@ -74,6 +74,7 @@ from occ_fast.optim import build_optimizer, build_scheduler
 from occ_fast.progress import progress_bars
 from occ_fast.prompts import encode_prompt
 from occ_fast.rewards import RewardScorer
+from occ_fast.rewards.loader import RewardFnImportError
 from occ_fast.rollout import RolloutEngine, RolloutResult, SamplingParams, TransformersEngine
 from occ_fast.sft import warm_start
 from occ_fast.sharded_checkpoint import (
@@ -93,6 +94,8 @@ PLOTS = {
     "entropy": ["policy/entropy"],
     "occ_exact": ["exact/lam_star", "exact/lam_proxy"],
 }
+# User errors found at start (bad data, reward function, checkpoint): one line, no traceback.
+START_ERRORS = (DatasetError, RewardFnImportError, CheckpointError)
 # How a step's per-rank metrics combine over data-parallel ranks (the rest: mean over ranks).
 SUMMED_METRICS = frozenset(
     {
@@ -151,12 +154,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = parse_config(list(sys.argv[1:] if argv is None else argv))
     except ConfigError as err:
-        console.print(f"[bold red]invalid configuration[/]\n{err}")
+        console.print(f"[bold red]invalid configuration[/]\n{err}", soft_wrap=True)
         return 2
     try:
         summary = train(cfg, console=console)
     except ConfigError as err:  # checks that need the process group (world size) or the run directory
-        console.print(f"[bold red]invalid configuration[/]\n{err}")
+        console.print(f"[bold red]invalid configuration[/]\n{err}", soft_wrap=True)
+        return 2
+    except START_ERRORS as err:
+        console.print(f"[bold red]error[/] {err}", soft_wrap=True)
         return 2
     except Interrupted as stop:
         if os.environ.get("RANK", "0") == "0":
@@ -653,6 +659,7 @@ def setup(cfg: Config, console: Console) -> Run:
     checkpoint = resolve_resume(cfg)
     barrier()  # every rank has looked at the run directory before rank 0 writes into it
     records = train_records(cfg)  # bad data fails here, before the model is built
+    scorer = RewardScorer(cfg.reward.fn, num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s)
     torch.manual_seed(cfg.train.seed)
     tokenizer = build_tokenizer(cfg)
     records = limit_prompt_length(cfg, records, tokenizer, warn=info.is_main)
@@ -709,9 +716,7 @@ def setup(cfg: Config, console: Console) -> Run:
         scheduler=scheduler,
         records=records,
         sampler=sampler,
-        scorer=RewardScorer(
-            cfg.reward.fn, num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s
-        ),
+        scorer=scorer,
         loss_cfg=cfg.to_loss_config(),
         metrics=metrics,
         progress=progress,
@@ -787,17 +792,25 @@ def build_engine(
 
 
 def resolve_resume(cfg: Config) -> Path | None:
-    """The checkpoint to resume from: ``run.resume`` = ``auto`` (latest in the run dir, if any) or a path."""
+    """The checkpoint to resume from: ``run.resume`` = ``auto`` (latest in the run dir, if any) or a path.
+
+    A run directory counts as a run once it has logged a step or saved a checkpoint: one left by a
+    run that failed at start (or was stopped before its first step) is simply started again."""
+    latest = find_latest(cfg.run_dir)
+    metrics = cfg.run_dir / "metrics.jsonl"
+    trained = latest is not None or (metrics.is_file() and metrics.stat().st_size > 0)
     if cfg.run.resume is None:
-        if (cfg.run_dir / "metrics.jsonl").exists():
+        if trained:
             raise ConfigError(
                 f"{cfg.run_dir} already holds a run: pass --run.resume auto to continue it, or a new --run.name"
             )
         return None
     if cfg.run.resume == "auto":
-        latest = find_latest(cfg.run_dir)
-        if latest is None and (cfg.run_dir / "metrics.jsonl").exists():
-            raise ConfigError(f"{cfg.run_dir} has metrics but no checkpoint to resume from")
+        if latest is None and trained:
+            raise ConfigError(
+                f"{cfg.run_dir} has metrics but no checkpoint to resume from (it stopped before its first "
+                f"save): start again under a new --run.name, or delete {cfg.run_dir} and rerun this command"
+            )
         return latest
     path = Path(cfg.run.resume)
     if not path.is_dir():

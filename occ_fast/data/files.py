@@ -22,7 +22,11 @@ from occ_fast.data.records import Messages, PromptRecord
 OnError = Literal["raise", "skip"]
 
 
-class DatasetRowError(ValueError):
+class DatasetError(ValueError):
+    """A prompt dataset that cannot be used as configured (missing, unreadable, or a bad row)."""
+
+
+class DatasetRowError(DatasetError):
     """A dataset row that cannot be used; names the file, the row (1-based) and the field."""
 
     def __init__(self, path: Path, row: int, field: str | None, problem: str) -> None:
