@@ -226,6 +226,9 @@ class OptimConfig:
     """Cosine floor as a fraction of lr; in [0, 1]."""
     grad_clip: float | None = 1.0
     """Clip the global gradient norm to this value; None = no clipping."""
+    max_nonfinite_updates: int = 5
+    """Stop the run after this many optimizer updates in a row with a non-finite gradient norm (each is
+    skipped, never applied), naming the last checkpoint saved before them; 0 = never stop."""
     mini_batches: int = 1
     """Optimizer steps per RL step: the step's prompts split into this many mini-batches (must divide data.prompts_per_step)."""
     micro_batch_size: int | None = None
@@ -667,6 +670,10 @@ def _problems(cfg: Config) -> list[str]:
     if opt.grad_clip is not None:
         finite("optim.grad_clip", opt.grad_clip, 0.0, strict=True)
     need(opt.mini_batches >= 1, f"optim.mini_batches must be >= 1, got {opt.mini_batches}")
+    need(
+        opt.max_nonfinite_updates >= 0,
+        f"optim.max_nonfinite_updates must be >= 0 (0 = never stop), got {opt.max_nonfinite_updates}",
+    )
     if opt.mini_batches >= 1 and data.prompts_per_step >= 1:
         need(
             data.prompts_per_step % opt.mini_batches == 0,

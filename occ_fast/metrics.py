@@ -1,6 +1,7 @@
 """Run metrics: ``metrics.jsonl`` always, TensorBoard and W&B when asked, PNG plots on demand.
 
-``metrics.jsonl`` (one ``{"step": s, ...}`` object per line, flushed as written) is the source of
+``metrics.jsonl`` (one ``{"step": s, ...}`` object per line, strict JSON with non-finite values as
+``null``, flushed as written) is the source of
 truth: plots are redrawn from it, and a resumed run truncates it to the checkpoint's step so that
 steps replayed after the resume are not logged twice.
 """
@@ -8,6 +9,7 @@ steps replayed after the resume are not logged twice.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections.abc import Mapping, Sequence
@@ -24,7 +26,8 @@ WANDB_ID_FILE = "wandb_run_id"
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """Parse a metrics file. A torn last line (a crash mid-write) is dropped; any other bad line is an error."""
+    """Parse a metrics file (``null`` values come back as NaN). A torn last line (a crash mid-write) is
+    dropped; any other bad line is an error."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"metrics file not found: {path}")
@@ -39,7 +42,7 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
             if number == len(lines):
                 break
             raise ValueError(f"{path}:{number}: malformed metrics line ({exc}): {line[:80]!r}") from exc
-        records.append(record)
+        records.append({k: math.nan if v is None else v for k, v in record.items()})  # null: non-finite
     return records
 
 
@@ -131,7 +134,7 @@ class MetricsLogger:
         values = {key: _scalar(key, value) for key, value in metrics.items()}
         if "step" in values:
             raise ValueError("MetricsLogger.log: 'step' is reserved; pass it as the step argument")
-        self._file.write(json.dumps({"step": step, **values}) + "\n")
+        self._file.write(json.dumps({"step": step, **_json_safe(values)}, allow_nan=False) + "\n")
         self._file.flush()
         self._last_step = step
         if self._tensorboard is not None:
@@ -163,7 +166,7 @@ class MetricsLogger:
             return
         kept = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
         tmp = self.path.with_suffix(".jsonl.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        tmp.write_text("".join(json.dumps(_json_safe(r), allow_nan=False) + "\n" for r in kept))
         os.replace(tmp, self.path)
 
     def _start_wandb(self, project: str | None, name: str | None, config: Mapping[str, Any] | None) -> Any:
@@ -184,6 +187,11 @@ class MetricsLogger:
             id=id_file.read_text().strip(),
             resume="allow",
         )
+
+
+def _json_safe(values: Mapping[str, Any]) -> dict[str, Any]:
+    """NaN and infinities as ``null``: strict JSON (``json.dumps`` would write bare ``NaN``)."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in values.items()}
 
 
 def _scalar(key: str, value: Any) -> float | int | bool:

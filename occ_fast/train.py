@@ -67,6 +67,7 @@ from occ_fast.distributed import (
 )
 from occ_fast.evaluation import evaluate
 from occ_fast.forward import policy_logprobs
+from occ_fast.health import NonFiniteGuard, TrainingHalted
 from occ_fast.interrupt import GracefulStop, Interrupted, resume_command
 from occ_fast.metrics import MetricsLogger
 from occ_fast.model import MTPModel, save_mtp_model
@@ -96,6 +97,7 @@ PLOTS = {
 }
 # User errors found at start (bad data, reward function, checkpoint): one line, no traceback.
 START_ERRORS = (DatasetError, RewardFnImportError, CheckpointError)
+RUN_STOPS = (TrainingHalted,)  # the run stopped itself (one line, exit status 1)
 # How a step's per-rank metrics combine over data-parallel ranks (the rest: mean over ranks).
 SUMMED_METRICS = frozenset(
     {
@@ -131,6 +133,7 @@ class Run:
     autocast_dtype: torch.dtype | None
     start_step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
+    nonfinite: NonFiniteGuard = field(default_factory=lambda: NonFiniteGuard(limit=0))
 
 
 @dataclass
@@ -164,6 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except START_ERRORS as err:
         console.print(f"[bold red]error[/] {err}", soft_wrap=True)
         return 2
+    except RUN_STOPS as err:
+        if os.environ.get("RANK", "0") == "0":
+            console.print(f"[bold red]{err}[/]", soft_wrap=True)
+        return 1
     except Interrupted as stop:
         if os.environ.get("RANK", "0") == "0":
             console.print(stop.message, soft_wrap=True)
@@ -223,6 +230,7 @@ def run_loop(run: Run, stop: GracefulStop) -> None:
             if run.metrics is not None:
                 run.metrics.log(step, metrics)
             run.history.append(metrics)
+            run.nonfinite.check(cfg.run_dir)
             if main_rank and (
                 (cfg.run.log_every and step % cfg.run.log_every == 0) or step + 1 == cfg.train.steps
             ):
@@ -314,6 +322,7 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
             run, mini_samples, micros, olds, update, on_micro=lambda: run.progress.advance(task)
         )
     run.progress.remove_task(task)
+    run.nonfinite.observe(step, update.finite)
     run.scheduler.step()
     timings["time/update_s"] = time.perf_counter() - t2 - exact.get("exact/time_s", 0.0)
 
@@ -491,6 +500,8 @@ class UpdateStats:
         self.loss_keys: set[str] = set()  # token means over the global count: summed over ranks
         self.optimizer_steps = 0
         self.nan_skipped = 0
+        self.bad_grad_norm = math.nan
+        self.finite: list[bool] = []  # per optimizer update, in order: applied (True) or skipped
         self.padding_micro_batches = 0  # data parallel: forwards run only to keep ranks in step
 
     def add(self, key: str, value: torch.Tensor) -> None:
@@ -519,6 +530,8 @@ class UpdateStats:
             }
         if self.grad_norms:
             out["optim/grad_norm"] = float(torch.stack([g.cpu() for g in self.grad_norms]).mean())
+        elif self.nan_skipped:  # every update skipped: the norm that stopped them (metrics.jsonl: null)
+            out["optim/grad_norm"] = self.bad_grad_norm
         out["optim/nan_skipped"] = self.nan_skipped
         out["optim/padding_micro_batches"] = self.padding_micro_batches
         return out
@@ -610,13 +623,16 @@ def update_mini_batch(
             on_micro()
     max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
     grad_norm = clip_grad_norm(model, max_norm)  # the global norm: every rank steps or skips alike
-    if torch.isfinite(grad_norm):  # one host sync per optimizer step: never apply a NaN/inf update
+    finite = bool(torch.isfinite(grad_norm))  # one host sync per optimizer step: never apply NaN/inf
+    stats.finite.append(finite)
+    if finite:
         run.optimizer.step()
         stats.optimizer_steps += 1
         stats.grad_norms.append(grad_norm.detach())
     else:
         logger.warning("non-finite gradient norm (%s): optimizer step skipped", float(grad_norm))
         stats.nan_skipped += 1
+        stats.bad_grad_norm = float(grad_norm)
     run.optimizer.zero_grad(set_to_none=True)
 
 
@@ -722,6 +738,7 @@ def setup(cfg: Config, console: Console) -> Run:
         progress=progress,
         autocast_dtype=autocast,
         start_step=start_step,
+        nonfinite=NonFiniteGuard(limit=cfg.optim.max_nonfinite_updates),
     )
 
 
