@@ -199,9 +199,16 @@ class RewardConfig:
     fn: str = "arithmetic"
     """Reward function: 'arithmetic', 'math' (math-verify), or 'package.module:function' (completion, answer) -> float."""
     num_workers: int = 0
-    """Worker processes, each call under timeout_s; 0 scores in-process without a time limit (trusted, fast functions)."""
+    """Worker processes, each call under timeout_s; 0 scores in-process (trusted, fast functions)."""
     timeout_s: float = 10.0
-    """Wall-clock limit per completion in a worker; a timeout scores 0 and is counted."""
+    """Wall-clock limit per completion; a timeout scores 0 and is counted. Workers are killed at the limit;
+    in-process (num_workers 0) a SIGALRM timer interrupts the function, which stops Python code but
+    not a hang inside one C call (use workers for such functions)."""
+    max_error_rate: float = 0.5
+    """Stop the run when more than this share of a step's samples fail to score (exceptions and
+    time-outs) for reward.error_patience steps in a row; 1 = never stop."""
+    error_patience: int = 3
+    """Steps in a row above reward.max_error_rate before the run stops."""
     overlong_penalty: bool = False
     """Add DAPO's soft overlong penalty (algorithm.overlong_buffer, algorithm.overlong_penalty_factor)."""
 
@@ -659,6 +666,8 @@ def _problems(cfg: Config) -> list[str]:
     )
     need(rw.num_workers >= 0, f"reward.num_workers must be >= 0 (0 = in-process), got {rw.num_workers}")
     finite("reward.timeout_s", rw.timeout_s, 0.0, strict=True)
+    need(0.0 <= rw.max_error_rate <= 1.0, f"reward.max_error_rate must be in [0, 1], got {rw.max_error_rate}")
+    need(rw.error_patience >= 1, f"reward.error_patience must be >= 1, got {rw.error_patience}")
 
     # optim
     finite("optim.lr", opt.lr, 0.0, strict=True)

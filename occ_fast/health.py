@@ -3,10 +3,15 @@ instead of running to the end and exporting an unusable model."""
 
 from __future__ import annotations
 
+import logging
+import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from occ_fast.checkpoint_files import CHECKPOINTS_SUBDIR, complete_checkpoints, read_meta
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingHalted(RuntimeError):
@@ -50,3 +55,48 @@ class NonFiniteGuard:
             f"stopping: {self.streak} optimizer updates in a row had a non-finite gradient norm (since "
             f"step {self.streak_start}; optim.max_nonfinite_updates={self.limit}); {last_good}"
         )
+
+
+@dataclass
+class RewardHealth:
+    """Reward failures (exceptions and time-outs): warned about at most once per ``warn_every_s``
+    with a count, and a stop once the share of a step's samples that fail stays above
+    ``max_error_rate`` for ``patience`` steps in a row (``max_error_rate`` 1 never stops)."""
+
+    fn: str
+    max_error_rate: float
+    patience: int
+    warn_every_s: float = 60.0
+    bad_steps: int = 0
+    unwarned_failures: int = 0
+    unwarned_samples: int = 0
+    last_failure: str | None = None
+    last_warning: float = -math.inf
+
+    def record(self, failures: list[str], samples: int) -> None:
+        """One scoring pass: its failure messages and how many samples it scored."""
+        self.unwarned_failures += len(failures)
+        self.unwarned_samples += samples
+        self.last_failure = failures[-1] if failures else self.last_failure
+
+    def end_step(self, step: int, error_rate: float) -> None:
+        """Warn if due; raise :class:`TrainingHalted` when the error rate has stayed too high."""
+        now = time.monotonic()
+        if self.unwarned_failures and now - self.last_warning >= self.warn_every_s:
+            logger.warning(
+                "step %d: reward.fn=%r failed on %d of %d samples since the last warning (at most one "
+                "warning per %.0f s; every step's reward/error_rate is in metrics.jsonl); last: %s",
+                step, self.fn, self.unwarned_failures, self.unwarned_samples, self.warn_every_s,
+                self.last_failure,
+            )  # fmt: skip
+            self.unwarned_failures = self.unwarned_samples = 0
+            self.last_warning = now
+        elif not self.unwarned_failures:
+            self.unwarned_samples = 0
+        self.bad_steps = self.bad_steps + 1 if error_rate > self.max_error_rate else 0
+        if self.max_error_rate < 1.0 and self.bad_steps >= self.patience:
+            raise TrainingHalted(
+                f"stopping: reward.fn={self.fn!r} failed on {error_rate:.0%} of samples for {self.bad_steps} "
+                f"steps in a row (reward.max_error_rate={self.max_error_rate}, reward.error_patience="
+                f"{self.patience}); last failure: {self.last_failure}"
+            )

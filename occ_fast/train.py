@@ -67,7 +67,7 @@ from occ_fast.distributed import (
 )
 from occ_fast.evaluation import evaluate
 from occ_fast.forward import policy_logprobs
-from occ_fast.health import NonFiniteGuard, TrainingHalted
+from occ_fast.health import NonFiniteGuard, RewardHealth, TrainingHalted
 from occ_fast.interrupt import GracefulStop, Interrupted, resume_command
 from occ_fast.metrics import MetricsLogger
 from occ_fast.model import MTPModel, save_mtp_model
@@ -75,6 +75,7 @@ from occ_fast.optim import build_optimizer, build_scheduler
 from occ_fast.progress import progress_bars
 from occ_fast.prompts import encode_prompt
 from occ_fast.rewards import RewardScorer
+from occ_fast.rewards.answers import check_answers
 from occ_fast.rewards.loader import RewardFnImportError
 from occ_fast.rollout import RolloutEngine, RolloutResult, SamplingParams, TransformersEngine
 from occ_fast.sft import warm_start
@@ -134,6 +135,7 @@ class Run:
     start_step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     nonfinite: NonFiniteGuard = field(default_factory=lambda: NonFiniteGuard(limit=0))
+    reward_health: RewardHealth = field(default_factory=lambda: RewardHealth("", 1.0, 1))
 
 
 @dataclass
@@ -145,6 +147,7 @@ class Summary:
     final_lam: float | None
     eval_accuracy: float | None
     nan_skipped: int
+    reward_failures: int = 0  # samples whose reward raised or timed out
     proxy_vs_exact: dict[str, float] = field(default_factory=dict)
     is_main: bool = True  # rank 0 (or a single process): the one that reports
 
@@ -184,7 +187,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     acc = "n/a" if summary.eval_accuracy is None else f"{summary.eval_accuracy:.3f}"
     console.print(
         f"[bold]done[/] {summary.steps} steps | reward {summary.reward_start:.3f} -> {summary.reward_end:.3f}"
-        f" | final lam {lam} | held-out accuracy {acc} | NaN steps skipped {summary.nan_skipped}\n"
+        f" | final lam {lam} | held-out accuracy {acc} | NaN steps skipped {summary.nan_skipped}"
+        f" | reward failures {summary.reward_failures}\n"
         f"run directory: {summary.run_dir}"
     )
     if summary.proxy_vs_exact:
@@ -230,11 +234,12 @@ def run_loop(run: Run, stop: GracefulStop) -> None:
             if run.metrics is not None:
                 run.metrics.log(step, metrics)
             run.history.append(metrics)
-            run.nonfinite.check(cfg.run_dir)
             if main_rank and (
                 (cfg.run.log_every and step % cfg.run.log_every == 0) or step + 1 == cfg.train.steps
             ):
                 run.progress.console.print(step_line(step, metrics))
+            run.nonfinite.check(cfg.run_dir)
+            run.reward_health.end_step(step, metrics["reward/error_rate"])
             saved = (
                 cfg.run.save_every and (step + 1) % cfg.run.save_every == 0
             ) or step + 1 == cfg.train.steps
@@ -406,6 +411,7 @@ def collect_groups(run: Run, step: int) -> tuple[list[Group], dict[str, float]]:
         "reward/accuracy": sum(r > 0 for r in all_rewards) / len(all_rewards),
         "reward/timeouts": stats["timeouts"],
         "reward/errors": stats["errors"],
+        "reward/error_rate": (stats["errors"] + stats["timeouts"]) / max(stats["scored"], 1.0),
         "rollout/empty_completions": stats["empty"],
         "rollout/truncated": stats["truncated"],
         "rollout/rounds": rounds,
@@ -434,8 +440,7 @@ def rollout_and_score(
     texts = [tok.decode(r.content_ids) for r in results]
     truths = [records[r.prompt_index].answer for r in results]
     scored = run.scorer.score(texts, truths)
-    for message in scored.errors:
-        logger.warning("step %d reward: %s", step, message)
+    run.reward_health.record(scored.errors, len(texts))
     rewards = torch.tensor(scored.rewards, dtype=torch.float32)
     if cfg.reward.overlong_penalty:
         lengths = [len(r.token_ids) for r in results]
@@ -449,6 +454,7 @@ def rollout_and_score(
     return groups, {
         "timeouts": scored.num_timeouts,
         "errors": scored.num_errors,
+        "scored": len(texts),
         "empty": sum(not r.content_ids for r in results),
         "truncated": sum(r.finish_reason == "length" for r in results),
     }
@@ -675,6 +681,7 @@ def setup(cfg: Config, console: Console) -> Run:
     checkpoint = resolve_resume(cfg)
     barrier()  # every rank has looked at the run directory before rank 0 writes into it
     records = train_records(cfg)  # bad data fails here, before the model is built
+    check_answers(cfg.reward.fn, records)
     scorer = RewardScorer(cfg.reward.fn, num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s)
     torch.manual_seed(cfg.train.seed)
     tokenizer = build_tokenizer(cfg)
@@ -739,6 +746,7 @@ def setup(cfg: Config, console: Console) -> Run:
         autocast_dtype=autocast,
         start_step=start_step,
         nonfinite=NonFiniteGuard(limit=cfg.optim.max_nonfinite_updates),
+        reward_health=RewardHealth(cfg.reward.fn, cfg.reward.max_error_rate, cfg.reward.error_patience),
     )
 
 
@@ -879,6 +887,8 @@ def step_line(step: int, m: dict[str, float]) -> str:
         parts += [f"lam {m['mtp/lam']:+.3f}", f"mtp acc {m['mtp/accuracy']:.3f}"]
     if "eval/avg_at_k" in m:
         parts.append(f"eval {m['eval/avg_at_k']:.3f}")
+    if m.get("reward/error_rate"):
+        parts.append(f"reward errors {m['reward/error_rate']:.0%}")
     parts.append(f"{m['time/step_s']:.1f}s")
     return " | ".join(parts)
 
@@ -895,6 +905,7 @@ def summarize(run: Run) -> Summary:
         final_lam=history[-1].get("mtp/lam") if history else None,
         eval_accuracy=evals[-1] if evals else None,
         nan_skipped=int(sum(h["optim/nan_skipped"] for h in history)),
+        reward_failures=int(sum(h["reward/errors"] + h["reward/timeouts"] for h in history)),
         proxy_vs_exact=proxy_exact_correlation(history) if run.cfg.mtp.exact_every else {},
         is_main=run.dist.is_main,
     )

@@ -23,3 +23,10 @@ def hang_after_calls(completion: str, ground_truth: str) -> float:
         open(os.environ["FAULT_HANG_FLAG"], "w").close()  # noqa: SIM115
         time.sleep(3600)
     return arithmetic_reward(completion, ground_truth)
+
+
+def slow_on_odd_answers(completion: str, ground_truth: str) -> float:
+    """Takes 5 s when the ground truth is odd (a reward that hangs on some inputs)."""
+    if int(ground_truth) % 2:
+        time.sleep(5.0)
+    return arithmetic_reward(completion, ground_truth)

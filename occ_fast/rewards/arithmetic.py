@@ -22,8 +22,13 @@ def extract_integer_answer(completion: str) -> int | None:
     return int(match.group()) if match else None
 
 
-def arithmetic_reward(completion: str, ground_truth: str) -> float:
-    """1.0 when the extracted integer equals the ground truth exactly, else 0.0."""
+def check_ground_truth(ground_truth: str) -> None:
+    """Raise ValueError unless ``ground_truth`` is an integer (``7``, not ``7.0``)."""
     if not _INTEGER.fullmatch(ground_truth.strip()):
         raise ValueError(f"arithmetic ground truth must be an integer, got {ground_truth!r}")
+
+
+def arithmetic_reward(completion: str, ground_truth: str) -> float:
+    """1.0 when the extracted integer equals the ground truth exactly, else 0.0."""
+    check_ground_truth(ground_truth)
     return float(extract_integer_answer(completion) == int(ground_truth))

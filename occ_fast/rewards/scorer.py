@@ -7,14 +7,16 @@ from collections.abc import Sequence
 from occ_fast.rewards.loader import call_reward, load_reward_fn
 from occ_fast.rewards.pool import WorkerPool
 from occ_fast.rewards.result import RewardResult
+from occ_fast.rewards.time_limit import RewardTimeout, time_limit
 
 
 class RewardScorer:
     """Reward function ``fn`` (``math``, ``arithmetic`` or ``package.module:function``) over a batch.
 
     With ``num_workers >= 1`` every item runs in a worker process under a ``timeout_s`` wall-clock
-    limit (hung workers are killed and replaced). ``num_workers = 0`` runs in this process with no
-    time limit, for trusted fast functions such as ``arithmetic``; exceptions are still caught.
+    limit (hung workers are killed and replaced). ``num_workers = 0`` runs in this process, for
+    trusted fast functions such as ``arithmetic``, under the same limit where a signal can enforce it
+    (:mod:`occ_fast.rewards.time_limit`: the main thread, Python code); exceptions are caught.
     Use as a context manager, or call ``close()``, to stop the workers.
     """
 
@@ -23,6 +25,7 @@ class RewardScorer:
             raise ValueError(f"RewardScorer num_workers must be >= 0, got {num_workers}")
         self._fn = load_reward_fn(fn)  # import errors surface here, in the caller, with the spec named
         self._pool = WorkerPool(fn, num_workers, timeout_s) if num_workers else None
+        self._timeout_s = timeout_s
 
     def score(self, completions: Sequence[str], ground_truths: Sequence[str]) -> RewardResult:
         """One reward per completion, in order; failures score 0 and are counted in the result."""
@@ -33,7 +36,11 @@ class RewardScorer:
         result = RewardResult(rewards=[0.0] * len(completions))
         for i, (completion, truth) in enumerate(zip(completions, ground_truths)):
             try:
-                result.rewards[i] = call_reward(self._fn, completion, truth)
+                with time_limit(self._timeout_s):
+                    result.rewards[i] = call_reward(self._fn, completion, truth)
+            except RewardTimeout:
+                result.num_timeouts += 1
+                result.errors.append(f"item {i}: timed out after {self._timeout_s} s")
             except Exception as e:
                 result.num_errors += 1
                 result.errors.append(f"item {i}: {type(e).__name__}: {e}")
