@@ -273,7 +273,13 @@ class RunConfig:
     name: str | None = None
     """Run directory name under output_dir; None = '<YYYYmmdd-HHMMSS>-<preset>' (fixed when the config is parsed)."""
     resume: str | None = None
-    """None = fresh run; 'auto' = latest checkpoint in output_dir/name if there is one; or a checkpoint directory."""
+    """None = fresh run; 'auto' = latest checkpoint in output_dir/name if there is one; or a checkpoint directory.
+    A resume compares the config with the run's config.yaml: changes to the model, the data, the seeds,
+    optim.betas/eps/weight_decay (and mtp.regime, see allow_regime_change) are refused; the rest apply
+    from the resumed step (a new optim.lr replaces the peak under the same schedule multiplier) and are
+    noted at the end of config.yaml."""
+    allow_regime_change: bool = False
+    """On resume, accept a changed mtp.regime (not to or from 'none'): the run continues under the new one."""
     save_every: int = 50
     """Checkpoint every N RL steps (and at the end); 0 = only at the end."""
     keep_last: int = 3

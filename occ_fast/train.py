@@ -69,11 +69,12 @@ from occ_fast.evaluation import evaluate
 from occ_fast.forward import policy_logprobs
 from occ_fast.health import NonFiniteGuard, RewardHealth, TrainingHalted
 from occ_fast.interrupt import GracefulStop, Interrupted, resume_command
-from occ_fast.metrics import MetricsLogger
+from occ_fast.metrics import MetricsLogger, read_metrics
 from occ_fast.model import MTPModel, save_mtp_model
 from occ_fast.optim import build_optimizer, build_scheduler
 from occ_fast.progress import progress_bars
 from occ_fast.prompts import encode_prompt
+from occ_fast.resume import adopt_metrics, config_changes, resume_note, set_peak_lr, write_config
 from occ_fast.rewards import RewardScorer
 from occ_fast.rewards.answers import check_answers
 from occ_fast.rewards.loader import RewardFnImportError
@@ -679,6 +680,8 @@ def setup(cfg: Config, console: Console) -> Run:
         logger.setLevel(logging.WARNING)
     run_dir = cfg.run_dir
     checkpoint = resolve_resume(cfg)
+    saved_config = checkpoint.parent.parent / "config.yaml" if checkpoint is not None else None
+    changes = config_changes(saved_config, cfg) if saved_config is not None and saved_config.is_file() else []
     barrier()  # every rank has looked at the run directory before rank 0 writes into it
     records = train_records(cfg)  # bad data fails here, before the model is built
     check_answers(cfg.reward.fn, records)
@@ -694,7 +697,7 @@ def setup(cfg: Config, console: Console) -> Run:
     if checkpoint is None:
         if info.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)
-            cfg.to_yaml(run_dir / "config.yaml")
+            write_config(run_dir, cfg, None, None)
         logger.info("run directory: %s", run_dir)
         if cfg.train.warmup_sft_steps:  # every rank alike: the weights must agree before sharding
             sft_warm_start(cfg, model, tokenizer, progress)
@@ -713,6 +716,11 @@ def setup(cfg: Config, console: Console) -> Run:
         state = load_any_checkpoint(checkpoint, model, optimizer, scheduler, sharded=sharded)
         sampler.load_state_dict(state.extra["sampler"])
         start_step = int(state.extra["next_step"])
+        if any(change.startswith("optim.lr ") for change in changes):
+            set_peak_lr(optimizer, scheduler, cfg.optim.lr)
+        if info.is_main:
+            adopt_metrics(checkpoint.parent.parent, run_dir)
+            write_config(run_dir, cfg, saved_config, resume_note(checkpoint, start_step, changes))
         logger.info("resumed from %s: continuing at step %d", checkpoint, start_step)
     elif info.rank > 0:
         torch.manual_seed(cfg.train.seed + info.rank)  # rank 0 keeps the single-process stream
@@ -727,6 +735,7 @@ def setup(cfg: Config, console: Console) -> Run:
             config=cfg.to_dict(),
             resume_step=start_step - 1 if checkpoint is not None else None,
         )
+    history = read_metrics(metrics.path) if metrics is not None and checkpoint is not None else []
     return Run(
         cfg=cfg,
         dist=info,
@@ -745,6 +754,7 @@ def setup(cfg: Config, console: Console) -> Run:
         progress=progress,
         autocast_dtype=autocast,
         start_step=start_step,
+        history=history,  # a resumed run's summary covers the whole run
         nonfinite=NonFiniteGuard(limit=cfg.optim.max_nonfinite_updates),
         reward_health=RewardHealth(cfg.reward.fn, cfg.reward.max_error_rate, cfg.reward.error_patience),
     )
@@ -905,7 +915,7 @@ def summarize(run: Run) -> Summary:
         final_lam=history[-1].get("mtp/lam") if history else None,
         eval_accuracy=evals[-1] if evals else None,
         nan_skipped=int(sum(h["optim/nan_skipped"] for h in history)),
-        reward_failures=int(sum(h["reward/errors"] + h["reward/timeouts"] for h in history)),
+        reward_failures=int(sum(h.get("reward/errors", 0) + h.get("reward/timeouts", 0) for h in history)),
         proxy_vs_exact=proxy_exact_correlation(history) if run.cfg.mtp.exact_every else {},
         is_main=run.dist.is_main,
     )

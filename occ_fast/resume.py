@@ -1,0 +1,119 @@
+"""Resuming with a changed configuration: compare it with the run's saved ``config.yaml``.
+
+Changes the checkpoint cannot honour are refused, all listed at once: the model (its weights have
+the old shape), the training data (the sampler's position indexes it), what only the start used
+(seeds, the warm-start), optimizer settings its saved state carries (betas, eps, weight decay), and
+the MTP regime unless ``run.allow_regime_change``. Everything else applies from the resumed step on:
+steps, logging, checkpoints, evaluation, loss and rollout settings, the schedule's shape, and
+``optim.lr`` by this rule: the new value replaces the peak, and the warm-up/cosine multiplier of
+the resumed step applies to it as before (no new warm-up). The new ``config.yaml`` holds the values
+in force, followed by one comment line per resume naming its checkpoint, step and changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from occ_fast.config import Config, ConfigError
+
+RESUME_NOTE = "# resumed from "
+# Not part of what a run is: where it lives and how this invocation found it.
+IGNORED = frozenset({"preset", "run.name", "run.output_dir", "run.resume", "run.allow_regime_change"})
+FIXED: dict[str, str] = {  # key or section prefix -> why it cannot change mid-run
+    "model.": "the checkpoint's weights are of that model",
+    "data.": "the sampler's position indexes that data",
+    "train.seed": "used when the run started",
+    "train.warmup_sft_steps": "used when the run started",
+    "train.sft_": "used when the run started",
+    "optim.betas": "the optimizer's saved state carries it",
+    "optim.eps": "the optimizer's saved state carries it",
+    "optim.weight_decay": "the optimizer's saved state carries it",
+}
+CHANGEABLE = frozenset({"data.prompts_per_step"})  # in a fixed section, but per-step only
+
+
+def config_changes(saved_path: Path, requested: Config) -> list[str]:
+    """``"key old -> new"`` for each change from the saved config that applies; raise
+    :class:`ConfigError` listing every change that cannot."""
+    saved = _flatten(Config.from_yaml(saved_path).to_dict())
+    wanted = _flatten(requested.to_dict())
+    applied, refused = [], []
+    for key, new in wanted.items():
+        old = saved.get(key, new)
+        if key in IGNORED or old == new:
+            continue
+        why = _why_fixed(key, old, new, requested)
+        if why:
+            refused.append(f"{key}: {old} -> {new} ({why})")
+        else:
+            applied.append(f"{key} {old} -> {new}")
+    if refused:
+        raise ConfigError(
+            f"cannot resume with these changes to {saved_path}:\n  - "
+            + "\n  - ".join(refused)
+            + "\ndrop them to continue this run, or start a new run (a new --run.name) with them"
+        )
+    return applied
+
+
+def _why_fixed(key: str, old: Any, new: Any, requested: Config) -> str | None:
+    if key == "mtp.regime":
+        if "none" in (old, new):
+            return "the MTP heads exist only with a regime other than 'none'"
+        if not requested.run.allow_regime_change:
+            return "pass --run.allow-regime-change to switch regimes mid-run"
+        return None
+    if key in CHANGEABLE:
+        return None
+    return next((why for prefix, why in FIXED.items() if key.startswith(prefix)), None)
+
+
+def write_config(run_dir: Path, cfg: Config, saved_path: Path | None, note: str | None) -> None:
+    """``run_dir/config.yaml``: ``cfg`` as a preset (``run.resume`` cleared), then the resume notes
+    of ``saved_path`` and ``note``."""
+    notes = []
+    if saved_path is not None and saved_path.is_file():
+        notes = [line for line in saved_path.read_text().splitlines() if line.startswith(RESUME_NOTE)]
+    if note:
+        notes.append(note)
+    text = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume=None)).to_yaml()
+    (run_dir / "config.yaml").write_text(text + "".join(f"{line}\n" for line in notes))
+
+
+def resume_note(checkpoint: Path, step: int, changes: list[str]) -> str:
+    return f"{RESUME_NOTE}{checkpoint} at step {step}" + (f": {', '.join(changes)}" if changes else "")
+
+
+def adopt_metrics(source_run: Path, run_dir: Path) -> None:
+    """Resuming another run's checkpoint into a new run directory: bring its metrics along, so that
+    the new directory holds the whole run (the resume then truncates them to the checkpoint)."""
+    source = source_run / "metrics.jsonl"
+    target = run_dir / "metrics.jsonl"
+    if source.is_file() and not target.exists() and source_run.resolve() != run_dir.resolve():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+
+
+def set_peak_lr(
+    optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LambdaLR, lr: float
+) -> None:
+    """Make ``lr`` the schedule's peak from the scheduler's current position on (the rule above)."""
+    scheduler.base_lrs = [lr] * len(optimizer.param_groups)
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+        group["initial_lr"] = lr
+        group["lr"] = lr * factor(scheduler.last_epoch)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
