@@ -83,7 +83,7 @@ def _read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
     """(row number, row) pairs; a row that does not parse is yielded as its exception."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        with path.open(encoding="utf-8") as f:
+        with path.open(encoding="utf-8-sig") as f:  # a byte-order mark (Windows editors) is skipped
             for line_number, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
