@@ -72,6 +72,7 @@ from occ_fast.interrupt import GracefulStop, Interrupted, resume_command
 from occ_fast.metrics import MetricsLogger, read_metrics
 from occ_fast.model import MTPModel, save_mtp_model
 from occ_fast.optim import build_optimizer, build_scheduler
+from occ_fast.output import OutputError, checkpoint_write_error, ensure_writable
 from occ_fast.progress import progress_bars
 from occ_fast.prompts import encode_prompt
 from occ_fast.resume import adopt_metrics, config_changes, resume_note, set_peak_lr, write_config
@@ -98,7 +99,7 @@ PLOTS = {
     "occ_exact": ["exact/lam_star", "exact/lam_proxy"],
 }
 # User errors found at start (bad data, reward function, checkpoint): one line, no traceback.
-START_ERRORS = (DatasetError, RewardFnImportError, CheckpointError)
+START_ERRORS = (DatasetError, RewardFnImportError, CheckpointError, OutputError)
 RUN_STOPS = (TrainingHalted,)  # the run stopped itself (one line, exit status 1)
 # How a step's per-rank metrics combine over data-parallel ranks (the rest: mean over ranks).
 SUMMED_METRICS = frozenset(
@@ -680,6 +681,8 @@ def setup(cfg: Config, console: Console) -> Run:
         logger.setLevel(logging.WARNING)
     run_dir = cfg.run_dir
     checkpoint = resolve_resume(cfg)
+    if info.is_main:
+        ensure_writable(run_dir)
     saved_config = checkpoint.parent.parent / "config.yaml" if checkpoint is not None else None
     changes = config_changes(saved_config, cfg) if saved_config is not None and saved_config.is_file() else []
     barrier()  # every rank has looked at the run directory before rank 0 writes into it
@@ -880,15 +883,23 @@ def sft_warm_start(
 def save(run: Run, step: int) -> None:
     """A checkpoint of ``step``: sharded (every rank writes its shards) under torchrun."""
     write = save_sharded_checkpoint if run.sharded else save_checkpoint
-    write(
-        run.cfg.run_dir,
-        step,
-        run.model,
-        run.optimizer,
-        run.scheduler,
-        extra={"next_step": step + 1, "sampler": run.sampler.state_dict()},
-        keep_last=run.cfg.run.keep_last,
-    )
+    try:
+        write(
+            run.cfg.run_dir,
+            step,
+            run.model,
+            run.optimizer,
+            run.scheduler,
+            extra={"next_step": step + 1, "sampler": run.sampler.state_dict()},
+            keep_last=run.cfg.run.keep_last,
+        )
+    except Exception as e:
+        failure = checkpoint_write_error(
+            e, checkpoint_dir(run.cfg.run_dir, step), find_latest(run.cfg.run_dir)
+        )
+        if failure is None:
+            raise
+        raise failure from e
 
 
 def step_line(step: int, m: dict[str, float]) -> str:

@@ -1,0 +1,60 @@
+"""Writing the run directory: problems found before any work (a path that is a file, no permission)
+and while checkpointing (a full disk) become one line naming the path, never a traceback."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+from occ_fast.health import TrainingHalted
+
+
+class OutputError(RuntimeError):
+    """The run directory cannot be written."""
+
+
+class CheckpointWriteError(TrainingHalted):
+    """A checkpoint could not be written; the run stops, naming the last good one."""
+
+
+def ensure_writable(run_dir: Path) -> None:
+    """Create ``run_dir`` (and its parents) and write a probe file there, or raise :class:`OutputError`."""
+    probe = run_dir / f".write-test-{os.getpid()}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise OutputError(
+            f"cannot write the run directory {run_dir}: {e.strerror or e} (choose another --run.output-dir)"
+        ) from None
+
+
+def checkpoint_write_error(
+    exc: BaseException, target: Path, last_good: Path | None
+) -> CheckpointWriteError | None:
+    """What to tell the user about ``exc`` raised while writing checkpoint ``target``; None when it is
+    not a file-system failure (a bug, which keeps its traceback)."""
+    cause = _os_error(exc)
+    if cause is None:
+        return None
+    what = "no space left on device" if cause.errno == errno.ENOSPC else (cause.strerror or str(cause))
+    good = (
+        f"the last good one is {last_good}" if last_good is not None else "no checkpoint was saved before it"
+    )
+    return CheckpointWriteError(f"{what} writing checkpoint {target}; {good}")
+
+
+def _os_error(exc: BaseException | None) -> OSError | None:
+    """The OSError behind ``exc``: itself, its cause/context (torch.save wraps it in a RuntimeError),
+    or one spelled out in a message (safetensors: '... (os error 28)')."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError):
+            return exc
+        if "os error 28" in str(exc):
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        exc = exc.__cause__ or exc.__context__
+    return None
