@@ -172,8 +172,8 @@ class DataConfig:
     """Local .jsonl/.parquet dataset; required for source='file', must be unset for 'synthetic'."""
     prompt_field: str = "prompt"
     """Dotted path of the prompt (string or chat messages) in each row."""
-    answer_field: str = "reward_model.ground_truth"
-    """Dotted path of the ground-truth answer in each row (the DAPO-Math-17k layout)."""
+    answer_field: str = "answer"
+    """Dotted path of the ground-truth answer in each row, as in evaluation; DAPO-Math-17k's is 'reward_model.ground_truth'."""
     on_error: Literal["raise", "skip"] = "raise"
     """A malformed row stops the load ('raise', naming file, row and field) or is skipped and counted ('skip')."""
     max_prompt_tokens: int | None = None
@@ -438,7 +438,7 @@ def load_preset(name_or_path: str) -> Config:
     return dataclasses.replace(Config.from_yaml(path), preset=name_or_path)
 
 
-def parse_config(argv: Sequence[str] | None = None) -> Config:
+def parse_config(argv: Sequence[str] | None = None, prog: str = "python -m occ_fast.train") -> Config:
     """Preset, then command-line overrides, then :meth:`Config.resolve` and :meth:`Config.validate`.
 
     ``argv`` excludes the program name (None reads ``sys.argv``). ``--help`` prints every field with
@@ -449,13 +449,13 @@ def parse_config(argv: Sequence[str] | None = None) -> Config:
     pre.add_argument("--preset", default=DEFAULT_PRESET)
     known, _ = pre.parse_known_args(argv)
     base = load_preset(known.preset)
-    cfg = tyro.cli(Config, args=argv, default=base, description=Config.__doc__)
+    cfg = tyro.cli(Config, args=argv, default=base, prog=prog, description=Config.__doc__)
     return cfg.resolve().validate()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """``python -m occ_fast.config [flags]``: print the resolved configuration (a dry run of the flags)."""
-    print(parse_config(argv).to_yaml(), end="")
+    print(parse_config(argv, prog="python -m occ_fast.config").to_yaml(), end="")
 
 
 # --------------------------------------------------------------------------- YAML -> dataclasses

@@ -47,13 +47,16 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 def plot_metrics(
-    metrics_path: str | Path, out_dir: str | Path, panels: Mapping[str, Sequence[str]]
+    metrics_path: str | Path,
+    out_dir: str | Path,
+    panels: Mapping[str, Sequence[str]],
+    ylabels: Mapping[str, str] | None = None,
 ) -> list[Path]:
     """Draw one PNG per panel (``{"reward": ["reward/mean", "accuracy"], "occ": ["occ/lam"]}``).
 
-    Each panel plots its series against step. Series not logged yet (e.g. eval accuracy before the
-    first eval) are left out, and a panel with none of its series gets no file; the written paths are
-    returned.
+    Each panel plots its series against step, its y-axis labelled ``ylabels[panel]`` (the panel's
+    name when absent). Series not logged yet (e.g. eval accuracy before the first eval) are left
+    out, and a panel with none of its series gets no file; the written paths are returned.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -66,24 +69,42 @@ def plot_metrics(
         figure = Figure(figsize=(7, 4), dpi=100)
         FigureCanvasAgg(figure)
         axes = figure.add_subplot()
-        plotted = False
-        for key in series:
-            points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
-            if points:
-                steps, values = zip(*points)
-                axes.plot(steps, values, label=key, marker="." if len(points) < 50 else None)
-                plotted = True
-        if not plotted:
+        if not draw_panel(axes, records, series, ylabel=(ylabels or {}).get(panel, panel)):
             continue
-        axes.set_xlabel("step")
         axes.set_title(panel)
-        axes.grid(alpha=0.3)
-        axes.legend()
         figure.tight_layout()
         target = out_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', panel)}.png"
         figure.savefig(target)
         written.append(target)
     return written
+
+
+# Series of one panel often coincide (mean reward and accuracy of a 0/1 reward): each gets its own
+# line style and marker, so a later one never hides an earlier one.
+_STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "x")]
+
+
+def draw_panel(
+    axes: Any, records: Sequence[Mapping[str, Any]], series: Sequence[str], *, ylabel: str
+) -> bool:
+    """Plot each of ``series`` against step on ``axes``; False when none has been logged."""
+    plotted = 0
+    for key in series:
+        points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        if points:
+            steps, values = zip(*points)
+            linestyle, marker = _STYLES[plotted % len(_STYLES)]
+            axes.plot(
+                steps, values, label=key, linestyle=linestyle, marker=marker,
+                markevery=max(1, len(points) // 25), markersize=4, alpha=0.85,
+            )  # fmt: skip
+            plotted += 1
+    if plotted:
+        axes.set_xlabel("step")
+        axes.set_ylabel(ylabel)
+        axes.grid(alpha=0.3)
+        axes.legend()
+    return bool(plotted)
 
 
 class MetricsLogger:
@@ -144,9 +165,11 @@ class MetricsLogger:
         if self._wandb is not None:
             self._wandb.log(values, step=step)
 
-    def plot(self, panels: Mapping[str, Sequence[str]]) -> list[Path]:
+    def plot(
+        self, panels: Mapping[str, Sequence[str]], ylabels: Mapping[str, str] | None = None
+    ) -> list[Path]:
         """Redraw the PNGs under ``run_dir/plots`` from everything logged so far."""
-        return plot_metrics(self.path, self.run_dir / PLOTS_SUBDIR, panels)
+        return plot_metrics(self.path, self.run_dir / PLOTS_SUBDIR, panels, ylabels)
 
     def close(self) -> None:
         self._file.close()

@@ -101,6 +101,12 @@ PLOTS = {
 # User errors found at start (bad data, reward function, checkpoint): one line, no traceback.
 START_ERRORS = (DatasetError, RewardFnImportError, CheckpointError, OutputError)
 RUN_STOPS = (TrainingHalted,)  # the run stopped itself (one line, exit status 1)
+PLOT_YLABELS = {
+    "reward": "reward / accuracy (share of samples)",
+    "occ_lambda": "MTP coefficient lam",
+    "mtp_accuracy": "MTP top-1 accuracy",
+    "entropy": "entropy (nats)",
+}
 # How a step's per-rank metrics combine over data-parallel ranks (the rest: mean over ranks).
 SUMMED_METRICS = frozenset(
     {
@@ -212,7 +218,7 @@ def train(cfg: Config, *, console: Console | None = None) -> Summary:
         stop.deferred = True  # from here a signal lets the step finish, then saves it
         run_loop(run, stop)
         if run.metrics is not None:
-            run.metrics.plot(PLOTS)
+            run.metrics.plot(PLOTS, PLOT_YLABELS)
             run.metrics.close()
         run.scorer.close()
         if run.sharded:
@@ -248,7 +254,7 @@ def run_loop(run: Run, stop: GracefulStop) -> None:
             if saved:
                 save(run, step)
             if run.metrics is not None and cfg.run.plot_every and (step + 1) % cfg.run.plot_every == 0:
-                run.metrics.plot(PLOTS)
+                run.metrics.plot(PLOTS, PLOT_YLABELS)
             run.progress.advance(steps)
             signum = stop.agreed(run.device)
             if signum is not None:
