@@ -64,7 +64,10 @@ class GracefulStop:
         if self.signum is None:
             self.signum, self._first_at = signum, now
             if not self.deferred:
-                raise Interrupted(signum, f"interrupted ({name}) during start-up: no step was trained")
+                raise Interrupted(
+                    signum,
+                    f"interrupted ({name}) during start-up: no step was trained; rerun the same command to start",
+                )
             _say(
                 f"{name} received: finishing this step, then saving a checkpoint (again: exit at once, unsaved)"
             )

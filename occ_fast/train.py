@@ -257,7 +257,7 @@ def run_loop(run: Run, stop: GracefulStop) -> None:
                 run.metrics.plot(PLOTS, PLOT_YLABELS)
             run.progress.advance(steps)
             signum = stop.agreed(run.device)
-            if signum is not None:
+            if signum is not None and step + 1 < cfg.train.steps:  # after the last step: finish the run
                 stop_after(run, step, signum, saved=saved)
 
 
