@@ -3,15 +3,19 @@
 A ``SIGALRM`` interval timer interrupts the reward function where it stands. That stops Python code
 (loops, sleeps, pure-Python sympy), not a hang inside one C call (a regex blow-up): such functions
 need worker processes, which are killed instead. Signals reach the main thread only, so elsewhere the
-limit cannot hold and :func:`time_limit` says so instead of silently running unbounded.
+limit cannot hold: :func:`time_limit` then warns once and runs the function unbounded.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+logger = logging.getLogger(__name__)
+_warned_off_main_thread = threading.Event()
 
 
 class RewardTimeout(BaseException):  # noqa: N818 - a BaseException so `except Exception` cannot swallow it
@@ -26,10 +30,14 @@ def _expire(signum: int, frame: object) -> None:
 def time_limit(seconds: float) -> Iterator[None]:
     """Raise :class:`RewardTimeout` in the block once ``seconds`` of wall-clock time have passed."""
     if threading.current_thread() is not threading.main_thread():
-        raise RuntimeError(
-            "in-process reward scoring (num_workers 0) enforces its time limit with SIGALRM, which needs "
-            "the main thread: score from the main thread, or use reward worker processes"
-        )
+        if not _warned_off_main_thread.is_set():
+            _warned_off_main_thread.set()
+            logger.warning(
+                "in-process reward scoring off the main thread runs without its time limit (SIGALRM "
+                "reaches the main thread only): use reward worker processes for a limit there"
+            )
+        yield
+        return
     previous = signal.signal(signal.SIGALRM, _expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
