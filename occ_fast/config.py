@@ -226,8 +226,8 @@ class OptimConfig:
     """Cosine floor as a fraction of lr; in [0, 1]."""
     grad_clip: float | None = 1.0
     """Clip the global gradient norm to this value; None = no clipping."""
-    mini_batches: int = 1
-    """Optimizer steps per RL step: the step's prompts split into this many mini-batches (must divide data.prompts_per_step)."""
+    mini_batches: int = 2
+    """Optimizer steps per RL step: the step's prompts split into this many mini-batches (must divide data.prompts_per_step; >= 2 for mtp.regime occ)."""
     micro_batch_size: int | None = None
     """Most sequences per forward/backward micro-batch; None = limited by micro_batch_tokens only."""
     micro_batch_tokens: int = 16384
@@ -667,6 +667,12 @@ def _problems(cfg: Config) -> list[str]:
     if opt.grad_clip is not None:
         finite("optim.grad_clip", opt.grad_clip, 0.0, strict=True)
     need(opt.mini_batches >= 1, f"optim.mini_batches must be >= 1, got {opt.mini_batches}")
+    need(
+        not (mtp.regime == "occ" and opt.mini_batches == 1),
+        "mtp.regime='occ' with optim.mini_batches=1 never trains the MTP head: OCC's coefficient is 0 on "
+        "the first mini-batch of an RL step (its weights are the rollout weights, so d_rl = 0); set "
+        "optim.mini_batches >= 2 (the paper uses 4), or another mtp.regime",
+    )
     if opt.mini_batches >= 1 and data.prompts_per_step >= 1:
         need(
             data.prompts_per_step % opt.mini_batches == 0,

@@ -18,7 +18,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from occ_fast.algorithm import LossConfig, compute_loss, policy_loss, truncated_is_weights
+from occ_fast.algorithm import (
+    LossConfig,
+    compute_loss,
+    padded_response_entries,
+    policy_loss,
+    truncated_is_weights,
+)
 from occ_fast.batching import MicroBatch
 from occ_fast.forward import policy_logprobs
 from occ_fast.model import MTPModel
@@ -181,6 +187,7 @@ def _training_pass(
             num_tokens=num_tokens,
             mtp_num_tokens=mtp_num_tokens,
             lp_rollout=out.gather(micro.rollout_logprobs),
+            occ_entries=padded_response_entries(micro.position_ids, micro.response_mask, micro.num_samples),
         )
         torch.autograd.grad(loss, params, allow_unused=True)
         lams.append(metrics["mtp1/lam"])

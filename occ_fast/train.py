@@ -25,10 +25,12 @@ from rich.progress import Progress
 from transformers import PreTrainedTokenizerBase
 
 from occ_fast.algorithm import (
+    CoefficientLog,
     LossConfig,
     compute_loss,
     grpo_advantages,
     overlong_penalty,
+    padded_response_entries,
     zero_variance_groups,
 )
 from occ_fast.batching import MicroBatch, Sample, make_micro_batches
@@ -77,7 +79,7 @@ logger = logging.getLogger("occ_fast")
 
 PLOTS = {
     "reward": ["reward/mean", "reward/accuracy", "eval/avg_at_k"],
-    "occ_lambda": ["mtp/lam", "mtp/lam_min", "mtp/lam_max"],
+    "occ_lambda": ["mtp/lam", "mtp/lam_min", "mtp/lam_max", "mtp/lam_first_minibatch"],
     "occ_proxy": ["mtp/c_hat", "mtp/v2_hat"],
     "mtp_accuracy": ["mtp/accuracy"],
     "entropy": ["policy/entropy"],
@@ -436,7 +438,7 @@ class UpdateStats:
 
     def __init__(self) -> None:
         self.sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
-        self.lams: list[torch.Tensor] = []
+        self.lams = CoefficientLog()
         self.grad_norms: list[torch.Tensor] = []
         self.loss_keys: set[str] = set()  # token means over the global count: summed over ranks
         self.optimizer_steps = 0
@@ -460,13 +462,7 @@ class UpdateStats:
                 out["mtp/accuracy"] = float(value) / max(mtp_rows, 1.0)
             else:
                 out[key] = float(value) / steps  # token-normalised per mini-batch: average over them
-        if self.lams:
-            lams = torch.stack([lam.float().cpu() for lam in self.lams])
-            out |= {
-                "mtp/lam": float(lams.mean()),
-                "mtp/lam_min": float(lams.min()),
-                "mtp/lam_max": float(lams.max()),
-            }
+        out |= self.lams.summary()
         if self.grad_norms:
             out["optim/grad_norm"] = float(torch.stack([g.cpu() for g in self.grad_norms]).mean())
         out["optim/nan_skipped"] = self.nan_skipped
@@ -533,6 +529,7 @@ def update_mini_batch(
             num_tokens=num_tokens,
             mtp_num_tokens=mtp_tokens if model.num_mtp else None,
             lp_rollout=out.gather(micro.rollout_logprobs),
+            occ_entries=padded_response_entries(micro.position_ids, micro.response_mask, micro.num_samples),
         )
         if not real:
             (loss * 0.0).backward()
@@ -555,7 +552,8 @@ def update_mini_batch(
             stats.add("count/mtp_rows", valid.sum())
             stats.add("mtp/c_hat", metrics["mtp1/c_hat"] / real_micros)
             stats.add("mtp/v2_hat", metrics["mtp1/v2_hat"] / real_micros)
-            stats.lams.append(metrics["mtp1/lam"].detach())
+            first = stats.optimizer_steps + stats.nan_skipped == 0  # the rollout weights: lam is 0
+            stats.lams.add(metrics["mtp1/lam"], first_mini_batch=first)
         if on_micro is not None:
             on_micro()
     max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
@@ -801,7 +799,9 @@ def save(run: Run, step: int) -> None:
 def step_line(step: int, m: dict[str, float]) -> str:
     parts = [f"step {step:4d}", f"reward {m['reward/mean']:.3f}", f"acc {m['reward/accuracy']:.3f}"]
     if "mtp/lam" in m:
-        parts += [f"lam {m['mtp/lam']:+.3f}", f"mtp acc {m['mtp/accuracy']:.3f}"]
+        parts.append(f"lam {m['mtp/lam']:+.3f}")
+    if "mtp/accuracy" in m:
+        parts.append(f"mtp acc {m['mtp/accuracy']:.3f}")
     if "eval/avg_at_k" in m:
         parts.append(f"eval {m['eval/avg_at_k']:.3f}")
     parts.append(f"{m['time/step_s']:.1f}s")

@@ -28,6 +28,7 @@ def compute_loss(
     num_tokens: Tensor | float | None = None,
     mtp_num_tokens: Sequence[Tensor | float] | None = None,
     lp_rollout: Tensor | None = None,
+    occ_entries: Tensor | float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Loss of one micro-batch; all tensors are per response token and share one shape.
 
@@ -42,6 +43,9 @@ def compute_loss(
         mtp_num_tokens: the same per MTP head; required when ``num_tokens`` is given.
         lp_rollout: rollout-engine log-probs; required when ``cfg.tis_cap`` is set. The TIS weight
             multiplies the main and the MTP policy terms (both are measured against ``lp_old``).
+        occ_entries: ``B * R`` of the micro-batch (:func:`padded_response_entries`), the denominator
+            of the ``code`` aggregation when the tensors hold the scored tokens only; None: their
+            own number of entries (right when they are the padded ``[B, R]`` response tensor).
 
     Returns ``(loss, metrics)``. Metrics: ``loss``; ``policy/{loss,clip_low,clip_high,clip_dual}``;
     per head ``mtp{d}/loss`` (its weighted contribution to the loss), ``mtp{d}/coef`` (the weight
@@ -74,6 +78,7 @@ def compute_loss(
             lam_plus=cfg.occ_lam_plus,
             aggregation=cfg.occ_aggregation,
             num_heads=num_heads,
+            padded_entries=occ_entries,
         )
         if cfg.mtp_regime in ("detach", "ce"):
             coef = _scalar(cfg.mtp_coef / num_heads, loss)

@@ -32,14 +32,18 @@ def occ_coefficient(
     lam_plus: float = 1.0,
     aggregation: Aggregation = "paper",
     num_heads: int = 1,
+    padded_entries: Tensor | float | None = None,
 ) -> OCCStats:
     """Coefficient for one MTP head, computed without gradient.
 
     Aggregations:
       - ``paper``: ``lam_plus * sum(d_rl d_mtp m) / (sum(d_mtp^2 m) + 1e-8)``.
-      - ``code`` (reference implementation): ``(lam_plus / K) * mean over all entries of
-        m * d_rl d_mtp / (d_mtp^2 + 1e-8)``; padding counts as zeros in the mean, so the value
-        depends on how the batch is padded.
+      - ``code`` (reference implementation): ``(lam_plus / K) * sum(m * d_rl d_mtp / (d_mtp^2 + 1e-8))
+        / (B * R)``: the mean over the micro-batch's padded ``[B, R]`` response tensor (B sequences,
+        R the longest response), padding entries counting as zeros. Pass the tensors either as that
+        ``[B, R]`` tensor (the mean is then over its entries), or as the ``[N]`` scored tokens with
+        ``padded_entries = B * R`` (:func:`padded_response_entries`), which gives the same value
+        whether the micro-batch is packed or padded.
       - ``code_masked``: as ``code``, averaged over valid tokens only.
 
     ``c_hat`` and ``v2_hat`` are the masked token means of ``d_rl * d_mtp`` and ``d_mtp^2`` for every
@@ -66,6 +70,55 @@ def occ_coefficient(
             lam = lam_plus * cross.sum() / (sq.sum() + OCC_EPS)
         else:
             ratio = torch.where(valid, d_rl * d_mtp / (d_mtp * d_mtp + OCC_EPS), zero)
-            denom = ratio.numel() if aggregation == "code" else n
+            if aggregation == "code_masked":
+                denom = n
+            else:
+                denom = ratio.numel() if padded_entries is None else padded_entries
             lam = (lam_plus / num_heads) * ratio.sum() / denom
     return OCCStats(lam, c_hat, v2_hat)
+
+
+def padded_response_entries(position_ids: Tensor, response_mask: Tensor, num_samples: int) -> Tensor:
+    """``B * R`` of a micro-batch: its sequence count times its longest response, the size of the
+    ``[B, R]`` response tensor the reference code pads to, for the ``code`` aggregation.
+
+    Works for both layouts (``occ_fast.batching``): every sequence starts at position 0, in a packed
+    row as in a padded one, so the running count of zeros numbers the sequences. No host sync.
+    """
+    sequence = torch.cumsum((position_ids.reshape(-1) == 0).long(), 0) - 1
+    lengths = torch.zeros(num_samples, dtype=torch.long, device=position_ids.device)
+    lengths.index_add_(0, sequence, response_mask.reshape(-1).long())
+    return (num_samples * lengths.max()).to(torch.float32)
+
+
+class CoefficientLog:
+    """A step's per-micro-batch OCC coefficients, kept apart by whether they can act.
+
+    On the first mini-batch of an RL step the weights are the rollout weights, so ``d_rl = 0`` and
+    the coefficient is exactly 0 (method.md section 7): averaging those zeros in would dilute the
+    logged coefficient (by half with two mini-batches). ``mtp/lam``, ``mtp/lam_min`` and
+    ``mtp/lam_max`` cover the later mini-batches, where the coefficient is applied;
+    ``mtp/lam_first_minibatch`` is the first mini-batch's mean on its own.
+    """
+
+    def __init__(self) -> None:
+        self.first: list[Tensor] = []
+        self.applied: list[Tensor] = []
+
+    def add(self, lam: Tensor, *, first_mini_batch: bool) -> None:
+        (self.first if first_mini_batch else self.applied).append(lam.detach())
+
+    def summary(self) -> dict[str, float]:
+        out = {}
+        if self.applied:
+            lams = torch.stack([lam.float().cpu() for lam in self.applied])
+            out |= {
+                "mtp/lam": float(lams.mean()),
+                "mtp/lam_min": float(lams.min()),
+                "mtp/lam_max": float(lams.max()),
+            }
+        if self.first:
+            out["mtp/lam_first_minibatch"] = float(
+                torch.stack([lam.float().cpu() for lam in self.first]).mean()
+            )
+        return out
