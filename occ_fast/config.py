@@ -27,6 +27,7 @@ import yaml
 
 from occ_fast.algorithm.config import Form, LossConfig, Regime
 from occ_fast.algorithm.occ import Aggregation
+from occ_fast.algorithm.rollout_mismatch import DEFAULT_MISMATCH_THRESHOLD
 from occ_fast.rewards.loader import BUILTIN_REWARDS
 
 DEFAULT_PRESET = "tiny"
@@ -120,6 +121,12 @@ class AlgorithmConfig:
     """Dual-clip bound for negative advantages; > 1."""
     tis_cap: float | None = None
     """Truncated importance-sampling cap on exp(lp_old - lp_rollout) against rollout/trainer mismatch; None = off."""
+    tis_level: Literal["token", "sequence"] = "token"
+    """What tis_cap truncates: token = each token's ratio; sequence = exp(sum over the response of lp_old - lp_rollout), one weight per sequence."""
+    is_mask_band: tuple[float, float] | None = None
+    """Rollout/trainer mismatch: drop from the loss (weight 0, still counted in the token mean) every sequence whose ratio exp(sum(lp_old - lp_rollout)) is outside [low, high], e.g. 0.5 2.0; None = off."""
+    mismatch_threshold: float = DEFAULT_MISMATCH_THRESHOLD
+    """The metric mismatch/frac_above_threshold: share of response tokens with |lp_rollout - lp_old| above this (nats)."""
     dynamic_sampling: bool = False
     """DAPO dynamic sampling: drop groups whose rewards are all equal (zero advantage) and sample more prompts."""
     dynamic_sampling_max_rounds: int = 4
@@ -387,6 +394,8 @@ LOSS_FIELDS: dict[str, tuple[str, str]] = {
     "eps_high": ("algorithm", "eps_high"),
     "dual_clip_c": ("algorithm", "dual_clip_c"),
     "tis_cap": ("algorithm", "tis_cap"),
+    "tis_level": ("algorithm", "tis_level"),
+    "is_mask_band": ("algorithm", "is_mask_band"),
 }
 
 
@@ -590,6 +599,16 @@ def _problems(cfg: Config) -> list[str]:
     finite("algorithm.dual_clip_c", alg.dual_clip_c, 1.0, strict=True)
     if alg.tis_cap is not None:
         finite("algorithm.tis_cap", alg.tis_cap, 0.0, strict=True)
+    finite("algorithm.mismatch_threshold", alg.mismatch_threshold, 0.0, strict=True)
+    need(
+        alg.tis_level == "token" or alg.tis_cap is not None,
+        "algorithm.tis_level='sequence' needs algorithm.tis_cap (the cap it truncates the sequence ratio at)",
+    )
+    band = alg.is_mask_band
+    need(
+        band is None or 0.0 < band[0] <= 1.0 <= band[1] < math.inf,
+        f"algorithm.is_mask_band must be (low, high) with 0 < low <= 1 <= high, got {band}",
+    )
     need(
         alg.dynamic_sampling_max_rounds >= 0,
         f"algorithm.dynamic_sampling_max_rounds must be >= 0, got {alg.dynamic_sampling_max_rounds}",

@@ -23,8 +23,9 @@ from occ_fast.algorithm import (
     compute_loss,
     padded_response_entries,
     policy_loss,
-    truncated_is_weights,
 )
+from occ_fast.algorithm.rollout_mismatch import rollout_is_weights
+from occ_fast.algorithm.sequences import sequence_index
 from occ_fast.batching import MicroBatch
 from occ_fast.forward import policy_logprobs
 from occ_fast.model import MTPModel
@@ -188,6 +189,8 @@ def _training_pass(
             mtp_num_tokens=mtp_num_tokens,
             lp_rollout=out.gather(micro.rollout_logprobs),
             occ_entries=padded_response_entries(micro.position_ids, micro.response_mask, micro.num_samples),
+            sequence_ids=out.gather(sequence_index(micro.position_ids)),
+            num_sequences=micro.num_samples,
         )
         torch.autograd.grad(loss, params, allow_unused=True)
         lams.append(metrics["mtp1/lam"])
@@ -215,9 +218,16 @@ def _exact_pass(
     for micro, lp_old in zip(micros, old_logprobs):
         out = policy_logprobs(model, micro, temperature=temperature, autocast_dtype=autocast_dtype)
         advantages = out.gather(micro.advantages)
-        is_weights = None
-        if loss_cfg.tis_cap is not None:
-            is_weights = truncated_is_weights(lp_old, out.gather(micro.rollout_logprobs), loss_cfg.tis_cap)
+        is_weights = rollout_is_weights(
+            lp_old,
+            out.gather(micro.rollout_logprobs),
+            torch.ones_like(lp_old),
+            cap=loss_cfg.tis_cap,
+            level=loss_cfg.tis_level,
+            mask_band=loss_cfg.is_mask_band,
+            sequence_ids=out.gather(sequence_index(micro.position_ids)),
+            num_sequences=micro.num_samples,
+        )
         main_loss, _ = policy_loss(
             lp_old,
             out.heads[0].logprob,

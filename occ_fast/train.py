@@ -33,6 +33,13 @@ from occ_fast.algorithm import (
     padded_response_entries,
     zero_variance_groups,
 )
+from occ_fast.algorithm.rollout_mismatch import (
+    DEFAULT_MISMATCH_THRESHOLD,
+    MISMATCH_MAXIMA,
+    MISMATCH_MINIMA,
+    MismatchLog,
+)
+from occ_fast.algorithm.sequences import sequence_index
 from occ_fast.batching import MicroBatch, Sample, make_micro_batches
 from occ_fast.build import (
     build_model,
@@ -84,6 +91,12 @@ PLOTS = {
     "mtp_accuracy": ["mtp/accuracy"],
     "entropy": ["policy/entropy"],
     "occ_exact": ["exact/lam_star", "exact/lam_proxy"],
+    "rollout_mismatch": [
+        "mismatch/abs_diff_mean",
+        "mismatch/kl_k1",
+        "mismatch/kl_k3",
+        "mismatch/frac_above_threshold",
+    ],
 }
 # How a step's per-rank metrics combine over data-parallel ranks (the rest: mean over ranks).
 SUMMED_METRICS = frozenset(
@@ -245,7 +258,7 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
 
     # 6. Policy updates: one optimizer step per mini-batch.
     t2 = time.perf_counter()
-    update, exact = UpdateStats(), {}
+    update, exact = UpdateStats(cfg.algorithm.mismatch_threshold), {}
     task = run.progress.add_task(f"step {step}: updates", total=sum(len(micros) for _, micros in minis))
     for i, ((mini_samples, micros), olds) in enumerate(zip(minis, old_logprobs)):
         if diagnose and i == len(minis) - 1:
@@ -286,8 +299,8 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
             **timings,
         },
         sums=SUMMED_METRICS | update.loss_keys,
-        mins={"mtp/lam_min"},
-        maxs={"mtp/lam_max"},
+        mins={"mtp/lam_min", *MISMATCH_MINIMA},
+        maxs={"mtp/lam_max", *MISMATCH_MAXIMA},
     )
 
 
@@ -436,9 +449,10 @@ def old_main_logprobs(run: Run, micro: MicroBatch) -> torch.Tensor:
 class UpdateStats:
     """Accumulates per-micro-batch loss metrics (device tensors) and turns them into numbers once."""
 
-    def __init__(self) -> None:
+    def __init__(self, mismatch_threshold: float = DEFAULT_MISMATCH_THRESHOLD) -> None:
         self.sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
         self.lams = CoefficientLog()
+        self.mismatch = MismatchLog(mismatch_threshold)  # rollout engine vs trainer log-probs
         self.grad_norms: list[torch.Tensor] = []
         self.loss_keys: set[str] = set()  # token means over the global count: summed over ranks
         self.optimizer_steps = 0
@@ -462,7 +476,7 @@ class UpdateStats:
                 out["mtp/accuracy"] = float(value) / max(mtp_rows, 1.0)
             else:
                 out[key] = float(value) / steps  # token-normalised per mini-batch: average over them
-        out |= self.lams.summary()
+        out |= self.lams.summary() | self.mismatch.summary()
         if self.grad_norms:
             out["optim/grad_norm"] = float(torch.stack([g.cpu() for g in self.grad_norms]).mean())
         out["optim/nan_skipped"] = self.nan_skipped
@@ -518,6 +532,8 @@ def update_mini_batch(
         )
         main = out.heads[0]
         lp_old = old_logprobs[j] if old_logprobs is not None else main.logprob.detach()
+        lp_rollout = out.gather(micro.rollout_logprobs)
+        sequence_ids = out.gather(sequence_index(micro.position_ids))
         loss, metrics = compute_loss(
             run.loss_cfg,
             lp_old,
@@ -528,8 +544,10 @@ def update_mini_batch(
             mtp_masks=[out.mtp_mask(k) for k in range(1, model.num_mtp + 1)],
             num_tokens=num_tokens,
             mtp_num_tokens=mtp_tokens if model.num_mtp else None,
-            lp_rollout=out.gather(micro.rollout_logprobs),
+            lp_rollout=lp_rollout,
             occ_entries=padded_response_entries(micro.position_ids, micro.response_mask, micro.num_samples),
+            sequence_ids=sequence_ids,
+            num_sequences=micro.num_samples,
         )
         if not real:
             (loss * 0.0).backward()
@@ -542,6 +560,7 @@ def update_mini_batch(
             stats.add(key, value)
             stats.loss_keys.add(key)
         stats.add("policy/entropy_sum", main.entropy.detach().sum())
+        stats.mismatch.add(lp_old, lp_rollout, sequence_ids, micro.num_samples)
         stats.add("count/tokens", torch.tensor(float(lp_old.numel())))
         if model.num_mtp:
             # MTP depth 1: how often its argmax is the sampled token (speculative-acceptance proxy),
@@ -802,6 +821,10 @@ def step_line(step: int, m: dict[str, float]) -> str:
         parts.append(f"lam {m['mtp/lam']:+.3f}")
     if "mtp/accuracy" in m:
         parts.append(f"mtp acc {m['mtp/accuracy']:.3f}")
+    if "mismatch/abs_diff_mean" in m:
+        parts.append(
+            f"|Δlp| {m['mismatch/abs_diff_mean']:.1e}/{m['mismatch/abs_diff_max']:.1e} k3 {m['mismatch/kl_k3']:.1e}"
+        )
     if "eval/avg_at_k" in m:
         parts.append(f"eval {m['eval/avg_at_k']:.3f}")
     parts.append(f"{m['time/step_s']:.1f}s")

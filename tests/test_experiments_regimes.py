@@ -15,7 +15,7 @@ from occ_fast.experiments.regimes import PAIRED_KEYS, SUMMARY_KEYS, main, parse_
 MINI = (
     "--model.tiny.hidden-size 32 --model.tiny.intermediate-size 64 --model.tiny.num-layers 1 "
     "--train.warmup-sft-steps 5 --train.sft-batch-size 16 --train.steps 2 --data.prompts-per-step 4 "
-    "--rollout.n 4 --rollout.max-new-tokens 5 --optim.mini-batches 1 --eval.every 0"
+    "--rollout.n 4 --rollout.max-new-tokens 5 --optim.mini-batches 2 --eval.every 0"
 )
 
 
@@ -76,18 +76,18 @@ def test_sweep_writes_tables_json_and_plots(sweep):
 
 
 def test_regimes_of_a_seed_share_one_warm_start(sweep):
-    """Same seed: same start weights and RNG, so step 0 (one mini-batch: one forward before any update)
-    sees the same rollouts and main-head entropy in every regime; another seed does not."""
-    entropy = {}
+    """Same seed: same start weights and RNG, so step 0 sees the same rollouts and the same trainer
+    log-probs before any update (the rollout/trainer mismatch) in every regime; another seed does not."""
+    mismatch = {}
     for seed in (0, 1):
         runs = [sweep / "runs" / f"{regime}-seed{seed}" for regime in ("detach", "occ")]
         starts = {yaml.safe_load((r / "config.yaml").read_text())["model"]["name_or_path"] for r in runs}
         assert starts == {str(sweep / "warm-start" / f"seed{seed}")}
         first = [metrics(r)[0] for r in runs]
-        for key in ("reward/mean", "response/length_mean", "policy/entropy"):
+        for key in ("reward/mean", "response/length_mean", "mismatch/abs_diff_mean", "mismatch/kl_k3"):
             assert first[0][key] == first[1][key], key
-        entropy[seed] = first[0]["policy/entropy"]
-    assert entropy[0] != entropy[1]
+        mismatch[seed] = first[0]["mismatch/abs_diff_mean"]
+    assert mismatch[0] != mismatch[1]
 
 
 def test_resume_skips_finished_runs_and_finishes_the_rest(sweep):

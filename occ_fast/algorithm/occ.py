@@ -12,6 +12,8 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from occ_fast.algorithm.sequences import per_sequence_sum, sequence_index
+
 Aggregation = Literal["paper", "code", "code_masked"]
 AGGREGATIONS: tuple[str, ...] = ("paper", "code", "code_masked")
 OCC_EPS = 1e-8
@@ -80,14 +82,10 @@ def occ_coefficient(
 
 def padded_response_entries(position_ids: Tensor, response_mask: Tensor, num_samples: int) -> Tensor:
     """``B * R`` of a micro-batch: its sequence count times its longest response, the size of the
-    ``[B, R]`` response tensor the reference code pads to, for the ``code`` aggregation.
-
-    Works for both layouts (``occ_fast.batching``): every sequence starts at position 0, in a packed
-    row as in a padded one, so the running count of zeros numbers the sequences. No host sync.
+    ``[B, R]`` response tensor the reference code pads to, for the ``code`` aggregation. The same for
+    the packed and the padded layout (:func:`sequence_index`). No host sync.
     """
-    sequence = torch.cumsum((position_ids.reshape(-1) == 0).long(), 0) - 1
-    lengths = torch.zeros(num_samples, dtype=torch.long, device=position_ids.device)
-    lengths.index_add_(0, sequence, response_mask.reshape(-1).long())
+    lengths = per_sequence_sum(response_mask.reshape(-1).long(), sequence_index(position_ids), num_samples)
     return (num_samples * lengths.max()).to(torch.float32)
 
 
