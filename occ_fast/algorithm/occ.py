@@ -120,3 +120,21 @@ class CoefficientLog:
                 torch.stack([lam.float().cpu() for lam in self.first]).mean()
             )
         return out
+
+
+def gap_form(d_rl: Tensor, gap: Tensor) -> dict[str, Tensor]:
+    """What the ``paper`` proxy reduces to when the head gap dominates (method.md section 7).
+
+    With ``gap = lp_mtp - lp_main``, ``d_mtp = gap + d_rl``; one optimizer step moves ``lp_main`` by
+    far less than the gap between the heads, so ``sum(d_rl d_mtp) / sum(d_mtp^2)`` is close to
+    ``corr(d_rl, gap) * rms(d_rl) / rms(gap)``: it grows with the step size (``rms(d_rl)``) and carries
+    no advantage weighting. Returns ``corr`` (Pearson), ``rms_d_rl``, ``rms_gap`` and their product
+    ``gap_form`` over the given tokens (``[N]`` each, valid tokens only); 0-dim fp64 tensors.
+    """
+    x, y = d_rl.detach().double(), gap.detach().double()
+    xc, yc = x - x.mean(), y - y.mean()
+    denom = torch.sqrt((xc * xc).sum() * (yc * yc).sum())
+    corr = torch.where(denom > 0, (xc * yc).sum() / denom, torch.zeros_like(denom))
+    rms_d_rl, rms_gap = torch.sqrt((x * x).mean()), torch.sqrt((y * y).mean())
+    form = torch.where(rms_gap > 0, corr * rms_d_rl / rms_gap, torch.zeros_like(rms_gap))
+    return {"corr": corr, "rms_d_rl": rms_d_rl, "rms_gap": rms_gap, "gap_form": form}
