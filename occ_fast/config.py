@@ -27,7 +27,7 @@ import yaml
 
 from occ_fast.algorithm.config import Form, LossConfig, Regime
 from occ_fast.algorithm.occ import Aggregation
-from occ_fast.algorithm.rollout_mismatch import DEFAULT_MISMATCH_THRESHOLD
+from occ_fast.algorithm.rollout_mismatch import DEFAULT_MISMATCH_THRESHOLD, ISLevel
 from occ_fast.rewards.loader import BUILTIN_REWARDS
 
 DEFAULT_PRESET = "tiny"
@@ -121,7 +121,7 @@ class AlgorithmConfig:
     """Dual-clip bound for negative advantages; > 1."""
     tis_cap: float | None = None
     """Truncated importance-sampling cap on exp(lp_old - lp_rollout) against rollout/trainer mismatch; None = off."""
-    tis_level: Literal["token", "sequence"] = "token"
+    tis_level: ISLevel = "token"
     """What tis_cap truncates: token = each token's ratio; sequence = exp(sum over the response of lp_old - lp_rollout), one weight per sequence."""
     is_mask_band: tuple[float, float] | None = None
     """Rollout/trainer mismatch: drop from the loss (weight 0, still counted in the token mean) every sequence whose ratio exp(sum(lp_old - lp_rollout)) is outside [low, high], e.g. 0.5 2.0; None = off."""

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from occ_fast.experiments.regimes import PAIRED_KEYS, SUMMARY_KEYS, main, parse_settings, smooth
+from occ_fast.experiments.regimes import PAIRED_KEYS, SUMMARY_KEYS, main, parse_settings, smooth, table_lines
 
 MINI = (
     "--model.tiny.hidden-size 32 --model.tiny.intermediate-size 64 --model.tiny.num-layers 1 "
@@ -144,3 +144,27 @@ def test_smooth_is_a_trailing_moving_average():
     values = np.array([[1.0, 3.0, 5.0, 7.0, 9.0], [0.0, 0.0, 6.0, 0.0, 0.0]])
     expected = np.array([[1.0, 2.0, 3.0, 5.0, 7.0], [0.0, 0.0, 2.0, 2.0, 2.0]])
     np.testing.assert_allclose(smooth(values, 3), expected)
+
+
+def test_summary_snippet_is_rewritten_from_results_json(sweep):
+    summary = (sweep / "summary.md").read_text()
+    assert summary.startswith(
+        "Measured by `python -m occ_fast.experiments.regimes --regimes detach occ --seeds 2 --steps 2 --held-out 8 --extra="
+    )
+    assert "| occ | 2 |" in summary and "| held-out accuracy | seed 0 | seed 1 |" in summary
+    assert "| final lam | OCC proxy lam |" in summary
+    results_md = (sweep / "results.md").read_text()
+    (sweep / "summary.md").unlink()
+    (sweep / "results.md").write_text("stale")
+    assert main(["--output", str(sweep), "--summarize-only"]) == 0
+    assert (sweep / "summary.md").read_text() == summary
+    assert (sweep / "results.md").read_text() == results_md
+
+
+def test_lam_columns_only_where_the_results_hold_them(sweep):
+    results = json.loads((sweep / "results.json").read_text())
+    for entry in results["summary"].values():
+        del entry["final_lam"], entry["final_lam_proxy"]
+    header = table_lines(results)[0]
+    assert "final lam" not in header and "OCC proxy lam" not in header
+    assert header.startswith("| regime | seeds | final reward |")
