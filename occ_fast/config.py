@@ -27,6 +27,7 @@ import yaml
 
 from occ_fast.algorithm.config import Form, LossConfig, Regime
 from occ_fast.algorithm.occ import Aggregation
+from occ_fast.algorithm.rollout_mismatch import DEFAULT_MISMATCH_THRESHOLD, ISLevel
 from occ_fast.rewards.loader import BUILTIN_REWARDS
 
 DEFAULT_PRESET = "tiny"
@@ -120,6 +121,12 @@ class AlgorithmConfig:
     """Dual-clip bound for negative advantages; > 1."""
     tis_cap: float | None = None
     """Truncated importance-sampling cap on exp(lp_old - lp_rollout) against rollout/trainer mismatch; None = off."""
+    tis_level: ISLevel = "token"
+    """What tis_cap truncates: token = each token's ratio; sequence = exp(sum over the response of lp_old - lp_rollout), one weight per sequence."""
+    is_mask_band: tuple[float, float] | None = None
+    """Rollout/trainer mismatch: drop from the loss (weight 0, still counted in the token mean) every sequence whose ratio exp(sum(lp_old - lp_rollout)) is outside [low, high], e.g. 0.5 2.0; None = off."""
+    mismatch_threshold: float = DEFAULT_MISMATCH_THRESHOLD
+    """The metric mismatch/frac_above_threshold: share of response tokens with |lp_rollout - lp_old| above this (nats)."""
     dynamic_sampling: bool = False
     """DAPO dynamic sampling: drop groups whose rewards are all equal (zero advantage) and sample more prompts."""
     dynamic_sampling_max_rounds: int = 4
@@ -236,8 +243,8 @@ class OptimConfig:
     max_nonfinite_updates: int = 5
     """Stop the run after this many optimizer updates in a row with a non-finite gradient norm (each is
     skipped, never applied), naming the last checkpoint saved before them; 0 = never stop."""
-    mini_batches: int = 1
-    """Optimizer steps per RL step: the step's prompts split into this many mini-batches (must divide data.prompts_per_step)."""
+    mini_batches: int = 2
+    """Optimizer steps per RL step: the step's prompts split into this many mini-batches (must divide data.prompts_per_step; >= 2 for mtp.regime occ)."""
     micro_batch_size: int | None = None
     """Most sequences per forward/backward micro-batch; None = limited by micro_batch_tokens only."""
     micro_batch_tokens: int = 16384
@@ -403,6 +410,8 @@ LOSS_FIELDS: dict[str, tuple[str, str]] = {
     "eps_high": ("algorithm", "eps_high"),
     "dual_clip_c": ("algorithm", "dual_clip_c"),
     "tis_cap": ("algorithm", "tis_cap"),
+    "tis_level": ("algorithm", "tis_level"),
+    "is_mask_band": ("algorithm", "is_mask_band"),
 }
 
 
@@ -606,6 +615,16 @@ def _problems(cfg: Config) -> list[str]:
     finite("algorithm.dual_clip_c", alg.dual_clip_c, 1.0, strict=True)
     if alg.tis_cap is not None:
         finite("algorithm.tis_cap", alg.tis_cap, 0.0, strict=True)
+    finite("algorithm.mismatch_threshold", alg.mismatch_threshold, 0.0, strict=True)
+    need(
+        alg.tis_level == "token" or alg.tis_cap is not None,
+        "algorithm.tis_level='sequence' needs algorithm.tis_cap (the cap it truncates the sequence ratio at)",
+    )
+    band = alg.is_mask_band
+    need(
+        band is None or 0.0 < band[0] <= 1.0 <= band[1] < math.inf,
+        f"algorithm.is_mask_band must be (low, high) with 0 < low <= 1 <= high, got {band}",
+    )
     need(
         alg.dynamic_sampling_max_rounds >= 0,
         f"algorithm.dynamic_sampling_max_rounds must be >= 0, got {alg.dynamic_sampling_max_rounds}",
@@ -688,6 +707,12 @@ def _problems(cfg: Config) -> list[str]:
     need(
         opt.max_nonfinite_updates >= 0,
         f"optim.max_nonfinite_updates must be >= 0 (0 = never stop), got {opt.max_nonfinite_updates}",
+    )
+    need(
+        not (mtp.regime == "occ" and opt.mini_batches == 1),
+        "mtp.regime='occ' with optim.mini_batches=1 never trains the MTP head: OCC's coefficient is 0 on "
+        "the first mini-batch of an RL step (its weights are the rollout weights, so d_rl = 0); set "
+        "optim.mini_batches >= 2 (the paper uses 4), or another mtp.regime",
     )
     if opt.mini_batches >= 1 and data.prompts_per_step >= 1:
         need(

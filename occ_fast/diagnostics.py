@@ -18,7 +18,15 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from occ_fast.algorithm import LossConfig, compute_loss, policy_loss, truncated_is_weights
+from occ_fast.algorithm import (
+    LossConfig,
+    compute_loss,
+    padded_response_entries,
+    policy_loss,
+)
+from occ_fast.algorithm.occ import gap_form
+from occ_fast.algorithm.rollout_mismatch import rollout_is_weights
+from occ_fast.algorithm.sequences import sequence_index
 from occ_fast.batching import MicroBatch
 from occ_fast.forward import policy_logprobs
 from occ_fast.model import MTPModel
@@ -56,6 +64,8 @@ def exact_gradient_stats(
     ``v2 = 0`` (detach with ``detach_lm_head``: the MTP term does not reach the shared weights; or
     a mini-batch whose advantages are all 0): every weight is then optimal and 0 changes nothing; ``exact/{lam_proxy, c_hat, v2_hat}``: what training
     logs as ``mtp/lam``, ``mtp/c_hat``, ``mtp/v2_hat`` for these micro-batches at these weights;
+    ``exact/{corr, rms_d_rl, rms_gap, gap_form}``: ``occ_fast.algorithm.occ.gap_form`` of their
+    ``d_rl = lp_main - lp_old`` and ``gap = lp_mtp - lp_main`` (what the proxy reduces to);
     ``exact/time_s`` (the exact pass) and ``exact/time_ratio`` (over one normal training
     forward+backward of the same micro-batches, which this function also runs and times; it runs
     first, so it also pays any one-off kernel warm-up).
@@ -76,7 +86,7 @@ def exact_gradient_stats(
     model.train()  # the mode update_mini_batch trains in
     try:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            baseline_s, proxy = _timed(
+            baseline_s, (proxy, gap) = _timed(
                 device,
                 lambda: _training_pass(
                     model,
@@ -115,6 +125,7 @@ def exact_gradient_stats(
         "exact/lam_proxy": lam_proxy,
         "exact/c_hat": c_hat,
         "exact/v2_hat": v2_hat,
+        **{f"exact/{name}": float(value) for name, value in gap.items()},
         "exact/time_s": exact_s,
         "exact/time_ratio": exact_s / baseline_s,
     }
@@ -161,11 +172,12 @@ def _training_pass(
     mtp_num_tokens: Sequence[Tensor | float],
     temperature: float,
     autocast_dtype: torch.dtype | None,
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[tuple[Tensor, Tensor, Tensor], dict[str, Tensor]]:
     """One forward+backward as ``update_mini_batch`` runs it, gradients discarded: the cost reference,
-    and the OCC proxy aggregated as training logs it (``lam`` averaged, ``c_hat``/``v2_hat`` summed / count)."""
+    the OCC proxy aggregated as training logs it (``lam`` averaged, ``c_hat``/``v2_hat`` summed / count),
+    and :func:`gap_form` over the mini-batch's MTP depth-1 tokens."""
     params = [p for p in model.parameters() if p.requires_grad]
-    lams, c_hats, v2_hats = [], [], []
+    lams, c_hats, v2_hats, d_rls, gaps = [], [], [], [], []
     for micro, lp_old in zip(micros, old_logprobs):
         out = policy_logprobs(
             model, micro, temperature=temperature, with_entropy=True, autocast_dtype=autocast_dtype
@@ -181,13 +193,20 @@ def _training_pass(
             num_tokens=num_tokens,
             mtp_num_tokens=mtp_num_tokens,
             lp_rollout=out.gather(micro.rollout_logprobs),
+            occ_entries=padded_response_entries(micro.position_ids, micro.response_mask, micro.num_samples),
+            sequence_ids=out.gather(sequence_index(micro.position_ids)),
+            num_sequences=micro.num_samples,
         )
         torch.autograd.grad(loss, params, allow_unused=True)
         lams.append(metrics["mtp1/lam"])
         c_hats.append(metrics["mtp1/c_hat"])
         v2_hats.append(metrics["mtp1/v2_hat"])
+        valid = out.mtp_mask(1)
+        d_rls.append((out.heads[0].logprob - lp_old)[valid].detach())
+        gaps.append((out.heads[1].logprob - out.heads[0].logprob)[valid].detach())
     count = len(micros)
-    return torch.stack(lams).mean(), torch.stack(c_hats).sum() / count, torch.stack(v2_hats).sum() / count
+    proxy = (torch.stack(lams).mean(), torch.stack(c_hats).sum() / count, torch.stack(v2_hats).sum() / count)
+    return proxy, gap_form(torch.cat(d_rls), torch.cat(gaps))
 
 
 def _exact_pass(
@@ -208,9 +227,16 @@ def _exact_pass(
     for micro, lp_old in zip(micros, old_logprobs):
         out = policy_logprobs(model, micro, temperature=temperature, autocast_dtype=autocast_dtype)
         advantages = out.gather(micro.advantages)
-        is_weights = None
-        if loss_cfg.tis_cap is not None:
-            is_weights = truncated_is_weights(lp_old, out.gather(micro.rollout_logprobs), loss_cfg.tis_cap)
+        is_weights = rollout_is_weights(
+            lp_old,
+            out.gather(micro.rollout_logprobs),
+            torch.ones_like(lp_old),
+            cap=loss_cfg.tis_cap,
+            level=loss_cfg.tis_level,
+            mask_band=loss_cfg.is_mask_band,
+            sequence_ids=out.gather(sequence_index(micro.position_ids)),
+            num_sequences=micro.num_samples,
+        )
         main_loss, _ = policy_loss(
             lp_old,
             out.heads[0].logprob,

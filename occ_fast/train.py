@@ -27,12 +27,21 @@ from rich.progress import Progress
 from transformers import PreTrainedTokenizerBase
 
 from occ_fast.algorithm import (
+    CoefficientLog,
     LossConfig,
     compute_loss,
     grpo_advantages,
     overlong_penalty,
+    padded_response_entries,
     zero_variance_groups,
 )
+from occ_fast.algorithm.rollout_mismatch import (
+    DEFAULT_MISMATCH_THRESHOLD,
+    MISMATCH_MAXIMA,
+    MISMATCH_MINIMA,
+    MismatchLog,
+)
+from occ_fast.algorithm.sequences import sequence_index
 from occ_fast.batching import MicroBatch, Sample, make_micro_batches
 from occ_fast.build import (
     build_model,
@@ -92,11 +101,17 @@ logger = logging.getLogger("occ_fast")
 
 PLOTS = {
     "reward": ["reward/mean", "reward/accuracy", "eval/avg_at_k"],
-    "occ_lambda": ["mtp/lam", "mtp/lam_min", "mtp/lam_max"],
+    "occ_lambda": ["mtp/lam", "mtp/lam_min", "mtp/lam_max", "mtp/lam_first_minibatch"],
     "occ_proxy": ["mtp/c_hat", "mtp/v2_hat"],
     "mtp_accuracy": ["mtp/accuracy"],
     "entropy": ["policy/entropy"],
     "occ_exact": ["exact/lam_star", "exact/lam_proxy"],
+    "rollout_mismatch": [
+        "mismatch/abs_diff_mean",
+        "mismatch/kl_k1",
+        "mismatch/kl_k3",
+        "mismatch/frac_above_threshold",
+    ],
 }
 # User errors found at start (bad data, reward function, checkpoint): one line, no traceback.
 START_ERRORS = (DatasetError, RewardFnImportError, CheckpointError, OutputError)
@@ -314,7 +329,7 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
 
     # 6. Policy updates: one optimizer step per mini-batch.
     t2 = time.perf_counter()
-    update, exact = UpdateStats(), {}
+    update, exact = UpdateStats(cfg.algorithm.mismatch_threshold), {}
     task = run.progress.add_task(f"step {step}: updates", total=sum(len(micros) for _, micros in minis))
     for i, ((mini_samples, micros), olds) in enumerate(zip(minis, old_logprobs)):
         if diagnose and i == len(minis) - 1:
@@ -356,8 +371,8 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
             **timings,
         },
         sums=SUMMED_METRICS | update.loss_keys,
-        mins={"mtp/lam_min"},
-        maxs={"mtp/lam_max"},
+        mins={"mtp/lam_min", *MISMATCH_MINIMA},
+        maxs={"mtp/lam_max", *MISMATCH_MAXIMA},
     )
 
 
@@ -507,9 +522,10 @@ def old_main_logprobs(run: Run, micro: MicroBatch) -> torch.Tensor:
 class UpdateStats:
     """Accumulates per-micro-batch loss metrics (device tensors) and turns them into numbers once."""
 
-    def __init__(self) -> None:
+    def __init__(self, mismatch_threshold: float = DEFAULT_MISMATCH_THRESHOLD) -> None:
         self.sums: dict[str, torch.Tensor] = defaultdict(lambda: torch.zeros(()))
-        self.lams: list[torch.Tensor] = []
+        self.lams = CoefficientLog()
+        self.mismatch = MismatchLog(mismatch_threshold)  # rollout engine vs trainer log-probs
         self.grad_norms: list[torch.Tensor] = []
         self.loss_keys: set[str] = set()  # token means over the global count: summed over ranks
         self.optimizer_steps = 0
@@ -535,13 +551,7 @@ class UpdateStats:
                 out["mtp/accuracy"] = float(value) / max(mtp_rows, 1.0)
             else:
                 out[key] = float(value) / steps  # token-normalised per mini-batch: average over them
-        if self.lams:
-            lams = torch.stack([lam.float().cpu() for lam in self.lams])
-            out |= {
-                "mtp/lam": float(lams.mean()),
-                "mtp/lam_min": float(lams.min()),
-                "mtp/lam_max": float(lams.max()),
-            }
+        out |= self.lams.summary() | self.mismatch.summary()
         if self.grad_norms:
             out["optim/grad_norm"] = float(torch.stack([g.cpu() for g in self.grad_norms]).mean())
         elif self.nan_skipped:  # every update skipped: the norm that stopped them (metrics.jsonl: null)
@@ -599,6 +609,8 @@ def update_mini_batch(
         )
         main = out.heads[0]
         lp_old = old_logprobs[j] if old_logprobs is not None else main.logprob.detach()
+        lp_rollout = out.gather(micro.rollout_logprobs)
+        sequence_ids = out.gather(sequence_index(micro.position_ids))
         loss, metrics = compute_loss(
             run.loss_cfg,
             lp_old,
@@ -609,7 +621,10 @@ def update_mini_batch(
             mtp_masks=[out.mtp_mask(k) for k in range(1, model.num_mtp + 1)],
             num_tokens=num_tokens,
             mtp_num_tokens=mtp_tokens if model.num_mtp else None,
-            lp_rollout=out.gather(micro.rollout_logprobs),
+            lp_rollout=lp_rollout,
+            occ_entries=padded_response_entries(micro.position_ids, micro.response_mask, micro.num_samples),
+            sequence_ids=sequence_ids,
+            num_sequences=micro.num_samples,
         )
         if not real:
             (loss * 0.0).backward()
@@ -622,6 +637,7 @@ def update_mini_batch(
             stats.add(key, value)
             stats.loss_keys.add(key)
         stats.add("policy/entropy_sum", main.entropy.detach().sum())
+        stats.mismatch.add(lp_old, lp_rollout, sequence_ids, micro.num_samples)
         stats.add("count/tokens", torch.tensor(float(lp_old.numel())))
         if model.num_mtp:
             # MTP depth 1: how often its argmax is the sampled token (speculative-acceptance proxy),
@@ -632,7 +648,8 @@ def update_mini_batch(
             stats.add("count/mtp_rows", valid.sum())
             stats.add("mtp/c_hat", metrics["mtp1/c_hat"] / real_micros)
             stats.add("mtp/v2_hat", metrics["mtp1/v2_hat"] / real_micros)
-            stats.lams.append(metrics["mtp1/lam"].detach())
+            first = stats.optimizer_steps + stats.nan_skipped == 0  # the rollout weights: lam is 0
+            stats.lams.add(metrics["mtp1/lam"], first_mini_batch=first)
         if on_micro is not None:
             on_micro()
     max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
@@ -911,7 +928,13 @@ def save(run: Run, step: int) -> None:
 def step_line(step: int, m: dict[str, float]) -> str:
     parts = [f"step {step:4d}", f"reward {m['reward/mean']:.3f}", f"acc {m['reward/accuracy']:.3f}"]
     if "mtp/lam" in m:
-        parts += [f"lam {m['mtp/lam']:+.3f}", f"mtp acc {m['mtp/accuracy']:.3f}"]
+        parts.append(f"lam {m['mtp/lam']:+.3f}")
+    if "mtp/accuracy" in m:
+        parts.append(f"mtp acc {m['mtp/accuracy']:.3f}")
+    if "mismatch/abs_diff_mean" in m:
+        parts.append(
+            f"|Δlp| {m['mismatch/abs_diff_mean']:.1e}/{m['mismatch/abs_diff_max']:.1e} k3 {m['mismatch/kl_k3']:.1e}"
+        )
     if "eval/avg_at_k" in m:
         parts.append(f"eval {m['eval/avg_at_k']:.3f}")
     if m.get("reward/error_rate"):

@@ -12,7 +12,7 @@ import torch
 from model_helpers import small_qwen2_mtp
 from torch import nn
 
-from occ_fast.algorithm import LossConfig, compute_loss, policy_loss
+from occ_fast.algorithm import LossConfig, compute_loss, padded_response_entries, policy_loss
 from occ_fast.batching import Sample, make_micro_batches
 from occ_fast.diagnostics import _accumulate, exact_gradient_stats, proxy_exact_correlation
 from occ_fast.forward import policy_logprobs
@@ -173,6 +173,7 @@ def test_proxy_equals_what_training_logs(aggregation, form):
             mtp_masks=[heads.mtp_mask(k) for k in (1, 2)],
             num_tokens=num_tokens,
             mtp_num_tokens=mtp_tokens,
+            occ_entries=padded_response_entries(micro.position_ids, micro.response_mask, micro.num_samples),
         )
         lams.append(float(metrics["mtp1/lam"]))
         c_hat += float(metrics["mtp1/c_hat"]) / len(micros)

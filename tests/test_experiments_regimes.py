@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import yaml
 
-from occ_fast.experiments.regimes import PAIRED_KEYS, SUMMARY_KEYS, main, parse_settings, smooth
+from occ_fast.experiments.regimes import PAIRED_KEYS, SUMMARY_KEYS, main, parse_settings, smooth, table_lines
 
 MINI = (
     "--model.tiny.hidden-size 32 --model.tiny.intermediate-size 64 --model.tiny.num-layers 1 "
     "--train.warmup-sft-steps 5 --train.sft-batch-size 16 --train.steps 2 --data.prompts-per-step 4 "
-    "--rollout.n 4 --rollout.max-new-tokens 5 --optim.mini-batches 1 --eval.every 0"
+    "--rollout.n 4 --rollout.max-new-tokens 5 --optim.mini-batches 2 --eval.every 0"
 )
 
 
@@ -76,18 +76,18 @@ def test_sweep_writes_tables_json_and_plots(sweep):
 
 
 def test_regimes_of_a_seed_share_one_warm_start(sweep):
-    """Same seed: same start weights and RNG, so step 0 (one mini-batch: one forward before any update)
-    sees the same rollouts and main-head entropy in every regime; another seed does not."""
-    entropy = {}
+    """Same seed: same start weights and RNG, so step 0 sees the same rollouts and the same trainer
+    log-probs before any update (the rollout/trainer mismatch) in every regime; another seed does not."""
+    mismatch = {}
     for seed in (0, 1):
         runs = [sweep / "runs" / f"{regime}-seed{seed}" for regime in ("detach", "occ")]
         starts = {yaml.safe_load((r / "config.yaml").read_text())["model"]["name_or_path"] for r in runs}
         assert starts == {str(sweep / "warm-start" / f"seed{seed}")}
         first = [metrics(r)[0] for r in runs]
-        for key in ("reward/mean", "response/length_mean", "policy/entropy"):
+        for key in ("reward/mean", "response/length_mean", "mismatch/abs_diff_mean", "mismatch/kl_k3"):
             assert first[0][key] == first[1][key], key
-        entropy[seed] = first[0]["policy/entropy"]
-    assert entropy[0] != entropy[1]
+        mismatch[seed] = first[0]["mismatch/abs_diff_mean"]
+    assert mismatch[0] != mismatch[1]
 
 
 def test_resume_skips_finished_runs_and_finishes_the_rest(sweep):
@@ -144,3 +144,27 @@ def test_smooth_is_a_trailing_moving_average():
     values = np.array([[1.0, 3.0, 5.0, 7.0, 9.0], [0.0, 0.0, 6.0, 0.0, 0.0]])
     expected = np.array([[1.0, 2.0, 3.0, 5.0, 7.0], [0.0, 0.0, 2.0, 2.0, 2.0]])
     np.testing.assert_allclose(smooth(values, 3), expected)
+
+
+def test_summary_snippet_is_rewritten_from_results_json(sweep):
+    summary = (sweep / "summary.md").read_text()
+    assert summary.startswith(
+        "Measured by `python -m occ_fast.experiments.regimes --regimes detach occ --seeds 2 --steps 2 --held-out 8 --extra="
+    )
+    assert "| occ | 2 |" in summary and "| held-out accuracy | seed 0 | seed 1 |" in summary
+    assert "| final lam | OCC proxy lam |" in summary
+    results_md = (sweep / "results.md").read_text()
+    (sweep / "summary.md").unlink()
+    (sweep / "results.md").write_text("stale")
+    assert main(["--output", str(sweep), "--summarize-only"]) == 0
+    assert (sweep / "summary.md").read_text() == summary
+    assert (sweep / "results.md").read_text() == results_md
+
+
+def test_lam_columns_only_where_the_results_hold_them(sweep):
+    results = json.loads((sweep / "results.json").read_text())
+    for entry in results["summary"].values():
+        del entry["final_lam"], entry["final_lam_proxy"]
+    header = table_lines(results)[0]
+    assert "final lam" not in header and "OCC proxy lam" not in header
+    assert header.startswith("| regime | seeds | final reward |")

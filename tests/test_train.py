@@ -96,8 +96,9 @@ def test_nan_loss_is_skipped_counted_and_never_applied(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train_module, "compute_loss", poisoned)
     cfg = fast_config(
-        tmp_path, "--train.steps", "1", "--optim.mini-batches", "1", "--optim.micro-batch-size", "8"
-    )
+        tmp_path, "--train.steps", "1", "--optim.mini-batches", "1", "--optim.micro-batch-size", "8",
+        "--mtp.regime", "ce",  # one mini-batch: occ is refused there (its coefficient would stay 0)
+    )  # fmt: skip
     before = {}
 
     def capture(cfg_, model, tokenizer, progress):

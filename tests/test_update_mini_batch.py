@@ -30,7 +30,7 @@ def one_step(precompute: bool, regime: str) -> tuple[dict[str, torch.Tensor], di
     olds = [old_main_logprobs(run, micro) for micro, _ in micros] if precompute else None
     stats = UpdateStats()
     update_mini_batch(run, samples, micros, olds, stats)
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}, stats.summary(), stats.lams
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}, stats.summary(), stats.lams.first
 
 
 @pytest.mark.parametrize("regime", ["occ", "ce"])

@@ -9,10 +9,11 @@ from occ_fast.algorithm.advantages import (
 from occ_fast.algorithm.config import LossConfig
 from occ_fast.algorithm.dapo import overlong_penalty
 from occ_fast.algorithm.loss import compute_loss
-from occ_fast.algorithm.occ import OCCStats, occ_coefficient
+from occ_fast.algorithm.occ import CoefficientLog, OCCStats, occ_coefficient, padded_response_entries
 from occ_fast.algorithm.policy_loss import clipped_surrogate, policy_loss, token_mean, truncated_is_weights
 
 __all__ = [
+    "CoefficientLog",
     "GRPOAdvantages",
     "LossConfig",
     "OCCStats",
@@ -22,6 +23,7 @@ __all__ = [
     "grpo_advantages",
     "occ_coefficient",
     "overlong_penalty",
+    "padded_response_entries",
     "policy_loss",
     "token_mean",
     "truncated_is_weights",

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from occ_fast.algorithm.occ import AGGREGATIONS, Aggregation
+from occ_fast.algorithm.rollout_mismatch import IS_LEVELS, ISLevel
 
 Regime = Literal["none", "detach", "ce", "policy", "occ"]
 REGIMES: tuple[str, ...] = ("none", "detach", "ce", "policy", "occ")
@@ -31,6 +32,10 @@ class LossConfig:
         eps_low, eps_high: clip-higher bounds of the ratio, ``[1 - eps_low, 1 + eps_high]``.
         dual_clip_c: dual-clip bound for negative advantages (> 1).
         tis_cap: truncated importance-sampling cap on ``exp(lp_old - lp_rollout)``; None disables.
+        tis_level: ``token`` (one ratio per token) or ``sequence`` (the product of a sequence's token
+            ratios, one weight per sequence) for ``tis_cap``.
+        is_mask_band: ``(low, high)``: sequences whose ratio ``exp(sum(lp_old - lp_rollout))`` leaves
+            the band get weight 0; None disables. See ``rollout_is_weights``.
     """
 
     mtp_regime: Regime = "none"
@@ -42,6 +47,8 @@ class LossConfig:
     eps_high: float = 0.28
     dual_clip_c: float = 10.0
     tis_cap: float | None = None
+    tis_level: ISLevel = "token"
+    is_mask_band: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         _choice("mtp_regime", self.mtp_regime, REGIMES)
@@ -57,6 +64,14 @@ class LossConfig:
             raise ValueError(f"LossConfig.dual_clip_c must be finite and > 1, got {self.dual_clip_c}")
         if self.tis_cap is not None and not 0.0 < self.tis_cap < math.inf:
             raise ValueError(f"LossConfig.tis_cap must be None or finite and > 0, got {self.tis_cap}")
+        _choice("tis_level", self.tis_level, IS_LEVELS)
+        if self.tis_level == "sequence" and self.tis_cap is None:
+            raise ValueError("LossConfig.tis_level='sequence' needs tis_cap (the cap it truncates at)")
+        band = self.is_mask_band
+        if band is not None and not (len(band) == 2 and 0.0 < band[0] <= 1.0 <= band[1] < math.inf):
+            raise ValueError(
+                f"LossConfig.is_mask_band must be (low, high) with 0 < low <= 1 <= high, got {band}"
+            )
 
 
 def _choice(field: str, value: str, allowed: tuple[str, ...]) -> None:

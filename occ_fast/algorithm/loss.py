@@ -13,7 +13,8 @@ from torch import Tensor
 
 from occ_fast.algorithm.config import LossConfig
 from occ_fast.algorithm.occ import occ_coefficient
-from occ_fast.algorithm.policy_loss import policy_loss, token_mean, truncated_is_weights
+from occ_fast.algorithm.policy_loss import policy_loss, token_mean
+from occ_fast.algorithm.rollout_mismatch import rollout_is_weights
 
 
 def compute_loss(
@@ -28,6 +29,9 @@ def compute_loss(
     num_tokens: Tensor | float | None = None,
     mtp_num_tokens: Sequence[Tensor | float] | None = None,
     lp_rollout: Tensor | None = None,
+    occ_entries: Tensor | float | None = None,
+    sequence_ids: Tensor | None = None,
+    num_sequences: int | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Loss of one micro-batch; all tensors are per response token and share one shape.
 
@@ -40,8 +44,14 @@ def compute_loss(
             a token whose MTP row does not exist has mask 0. Needed for every regime but ``none``.
         num_tokens: mini-batch valid-token count for the main loss (see ``token_mean``);
         mtp_num_tokens: the same per MTP head; required when ``num_tokens`` is given.
-        lp_rollout: rollout-engine log-probs; required when ``cfg.tis_cap`` is set. The TIS weight
-            multiplies the main and the MTP policy terms (both are measured against ``lp_old``).
+        lp_rollout: rollout-engine log-probs; required when ``cfg.tis_cap`` or ``cfg.is_mask_band``
+            is set. The importance weight multiplies the main and the MTP policy terms (both are
+            measured against ``lp_old``).
+        occ_entries: ``B * R`` of the micro-batch (:func:`padded_response_entries`), the denominator
+            of the ``code`` aggregation when the tensors hold the scored tokens only; None: their
+            own number of entries (right when they are the padded ``[B, R]`` response tensor).
+        sequence_ids, num_sequences: the sequence of each token (``0 .. num_sequences - 1``), for
+            sequence-level importance weights and the mask band.
 
     Returns ``(loss, metrics)``. Metrics: ``loss``; ``policy/{loss,clip_low,clip_high,clip_dual}``;
     per head ``mtp{d}/loss`` (its weighted contribution to the loss), ``mtp{d}/coef`` (the weight
@@ -51,8 +61,17 @@ def compute_loss(
     """
     num_heads = _check_inputs(cfg, lp_mtp, mtp_masks, num_tokens, mtp_num_tokens, lp_rollout)
     is_weights = None
-    if cfg.tis_cap is not None:
-        is_weights = truncated_is_weights(lp_old, lp_rollout, cfg.tis_cap)
+    if lp_rollout is not None:
+        is_weights = rollout_is_weights(
+            lp_old,
+            lp_rollout,
+            mask,
+            cap=cfg.tis_cap,
+            level=cfg.tis_level,
+            mask_band=cfg.is_mask_band,
+            sequence_ids=sequence_ids,
+            num_sequences=num_sequences,
+        )
     clip = {"eps_low": cfg.eps_low, "eps_high": cfg.eps_high, "dual_clip_c": cfg.dual_clip_c}
 
     loss, main_metrics = policy_loss(
@@ -61,6 +80,8 @@ def compute_loss(
     metrics = {f"policy/{k}": v for k, v in main_metrics.items()}
     if is_weights is not None:
         metrics["tis/weight"] = token_mean(is_weights, mask, num_tokens)
+    if is_weights is not None and cfg.is_mask_band is not None:
+        metrics["tis/masked"] = token_mean((is_weights == 0).float(), mask, num_tokens)
 
     for k in range(num_heads):
         head_tokens = None if mtp_num_tokens is None else mtp_num_tokens[k]
@@ -74,6 +95,7 @@ def compute_loss(
             lam_plus=cfg.occ_lam_plus,
             aggregation=cfg.occ_aggregation,
             num_heads=num_heads,
+            padded_entries=occ_entries,
         )
         if cfg.mtp_regime in ("detach", "ce"):
             coef = _scalar(cfg.mtp_coef / num_heads, loss)
@@ -122,6 +144,9 @@ def _check_inputs(
             f"num_tokens is given, so mtp_num_tokens needs one count per MTP head ({num_heads}), "
             f"got {mtp_num_tokens!r}"
         )
-    if cfg.tis_cap is not None and lp_rollout is None:
-        raise ValueError(f"LossConfig.tis_cap={cfg.tis_cap} needs lp_rollout (rollout-engine log-probs)")
+    if (cfg.tis_cap is not None or cfg.is_mask_band is not None) and lp_rollout is None:
+        raise ValueError(
+            f"LossConfig.tis_cap={cfg.tis_cap} / is_mask_band={cfg.is_mask_band} need lp_rollout "
+            "(rollout-engine log-probs)"
+        )
     return num_heads

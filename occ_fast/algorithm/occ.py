@@ -12,6 +12,8 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from occ_fast.algorithm.sequences import per_sequence_sum, sequence_index
+
 Aggregation = Literal["paper", "code", "code_masked"]
 AGGREGATIONS: tuple[str, ...] = ("paper", "code", "code_masked")
 OCC_EPS = 1e-8
@@ -32,14 +34,18 @@ def occ_coefficient(
     lam_plus: float = 1.0,
     aggregation: Aggregation = "paper",
     num_heads: int = 1,
+    padded_entries: Tensor | float | None = None,
 ) -> OCCStats:
     """Coefficient for one MTP head, computed without gradient.
 
     Aggregations:
       - ``paper``: ``lam_plus * sum(d_rl d_mtp m) / (sum(d_mtp^2 m) + 1e-8)``.
-      - ``code`` (reference implementation): ``(lam_plus / K) * mean over all entries of
-        m * d_rl d_mtp / (d_mtp^2 + 1e-8)``; padding counts as zeros in the mean, so the value
-        depends on how the batch is padded.
+      - ``code`` (reference implementation): ``(lam_plus / K) * sum(m * d_rl d_mtp / (d_mtp^2 + 1e-8))
+        / (B * R)``: the mean over the micro-batch's padded ``[B, R]`` response tensor (B sequences,
+        R the longest response), padding entries counting as zeros. Pass the tensors either as that
+        ``[B, R]`` tensor (the mean is then over its entries), or as the ``[N]`` scored tokens with
+        ``padded_entries = B * R`` (:func:`padded_response_entries`), which gives the same value
+        whether the micro-batch is packed or padded.
       - ``code_masked``: as ``code``, averaged over valid tokens only.
 
     ``c_hat`` and ``v2_hat`` are the masked token means of ``d_rl * d_mtp`` and ``d_mtp^2`` for every
@@ -66,6 +72,69 @@ def occ_coefficient(
             lam = lam_plus * cross.sum() / (sq.sum() + OCC_EPS)
         else:
             ratio = torch.where(valid, d_rl * d_mtp / (d_mtp * d_mtp + OCC_EPS), zero)
-            denom = ratio.numel() if aggregation == "code" else n
+            if aggregation == "code_masked":
+                denom = n
+            else:
+                denom = ratio.numel() if padded_entries is None else padded_entries
             lam = (lam_plus / num_heads) * ratio.sum() / denom
     return OCCStats(lam, c_hat, v2_hat)
+
+
+def padded_response_entries(position_ids: Tensor, response_mask: Tensor, num_samples: int) -> Tensor:
+    """``B * R`` of a micro-batch: its sequence count times its longest response, the size of the
+    ``[B, R]`` response tensor the reference code pads to, for the ``code`` aggregation. The same for
+    the packed and the padded layout (:func:`sequence_index`). No host sync.
+    """
+    lengths = per_sequence_sum(response_mask.reshape(-1).long(), sequence_index(position_ids), num_samples)
+    return (num_samples * lengths.max()).to(torch.float32)
+
+
+class CoefficientLog:
+    """A step's per-micro-batch OCC coefficients, kept apart by whether they can act.
+
+    On the first mini-batch of an RL step the weights are the rollout weights, so ``d_rl = 0`` and
+    the coefficient is exactly 0 (method.md section 7): averaging those zeros in would dilute the
+    logged coefficient (by half with two mini-batches). ``mtp/lam``, ``mtp/lam_min`` and
+    ``mtp/lam_max`` cover the later mini-batches, where the coefficient is applied;
+    ``mtp/lam_first_minibatch`` is the first mini-batch's mean on its own.
+    """
+
+    def __init__(self) -> None:
+        self.first: list[Tensor] = []
+        self.applied: list[Tensor] = []
+
+    def add(self, lam: Tensor, *, first_mini_batch: bool) -> None:
+        (self.first if first_mini_batch else self.applied).append(lam.detach())
+
+    def summary(self) -> dict[str, float]:
+        out = {}
+        if self.applied:
+            lams = torch.stack([lam.float().cpu() for lam in self.applied])
+            out |= {
+                "mtp/lam": float(lams.mean()),
+                "mtp/lam_min": float(lams.min()),
+                "mtp/lam_max": float(lams.max()),
+            }
+        if self.first:
+            out["mtp/lam_first_minibatch"] = float(
+                torch.stack([lam.float().cpu() for lam in self.first]).mean()
+            )
+        return out
+
+
+def gap_form(d_rl: Tensor, gap: Tensor) -> dict[str, Tensor]:
+    """What the ``paper`` proxy reduces to when the head gap dominates (method.md section 7).
+
+    With ``gap = lp_mtp - lp_main``, ``d_mtp = gap + d_rl``; one optimizer step moves ``lp_main`` by
+    far less than the gap between the heads, so ``sum(d_rl d_mtp) / sum(d_mtp^2)`` is close to
+    ``corr(d_rl, gap) * rms(d_rl) / rms(gap)``: it grows with the step size (``rms(d_rl)``) and carries
+    no advantage weighting. Returns ``corr`` (Pearson), ``rms_d_rl``, ``rms_gap`` and their product
+    ``gap_form`` over the given tokens (``[N]`` each, valid tokens only); 0-dim fp64 tensors.
+    """
+    x, y = d_rl.detach().double(), gap.detach().double()
+    xc, yc = x - x.mean(), y - y.mean()
+    denom = torch.sqrt((xc * xc).sum() * (yc * yc).sum())
+    corr = torch.where(denom > 0, (xc * yc).sum() / denom, torch.zeros_like(denom))
+    rms_d_rl, rms_gap = torch.sqrt((x * x).mean()), torch.sqrt((y * y).mean())
+    form = torch.where(rms_gap > 0, corr * rms_d_rl / rms_gap, torch.zeros_like(rms_gap))
+    return {"corr": corr, "rms_d_rl": rms_d_rl, "rms_gap": rms_gap, "gap_form": form}

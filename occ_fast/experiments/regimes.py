@@ -3,7 +3,8 @@
 Trains the ``tiny`` preset (2-digit addition, 80 RL steps; its settings unchanged) under ``detach``,
 ``ce``, ``policy`` with fixed lam 0.1 / 0.5 / 1.0 and ``occ``, for S seeds each, one after the
 other, then scores every run greedily on held-out problems and writes ``results.md``,
-``results.json``, ``reward.png`` and ``lam.png`` to the output directory (default
+``results.json``, ``summary.md`` (the snippet README.md includes), ``reward.png`` and ``lam.png`` to
+the output directory (default
 ``./runs/regimes-<timestamp>``)::
 
     python -m occ_fast.experiments.regimes                               # 6 settings x 3 seeds
@@ -11,6 +12,7 @@ other, then scores every run greedily on held-out problems and writes ``results.
     python -m occ_fast.experiments.regimes --extra="--optim.lr 1e-3"     # any trainer override, every run
     python -m occ_fast.experiments.regimes --output runs/regimes-X --resume   # finish an interrupted sweep
     python -m occ_fast.experiments.regimes --regimes detach ce ce-1.0 detach-1.0   # the MTP CE weight c
+    python -m occ_fast.experiments.regimes --output DIR --summarize-only  # tables again from DIR/results.json
 
 ``ce-<c>`` / ``detach-<c>`` set the MTP cross-entropy coefficient c (the preset's is 0.1), ``policy-<lam>``
 the fixed lam. The first setting is the reference of the paired differences in the table.
@@ -79,11 +81,8 @@ POLICY_DEFAULT_LAMS = ("0.1", "0.5", "1.0")
 TAIL_STEPS = 10  # final reward and MTP accuracy average the last this many RL steps
 SMOOTH_WINDOW = 5  # trailing moving average of the plotted curves
 SUMMARY_KEYS = ("final_reward", "heldout_accuracy", "mtp_accuracy", "final_lam", "final_lam_proxy")
-PAIRED_KEYS = (
-    "final_reward",
-    "heldout_accuracy",
-    "mtp_accuracy",
-)  # also reported as differences from the reference
+PAIRED_KEYS = ("final_reward", "heldout_accuracy", "mtp_accuracy")  # also as differences from the reference
+PAIRED_TITLES = {"final_reward": "reward", "heldout_accuracy": "held-out", "mtp_accuracy": "MTP accuracy"}
 # Trainer flags the sweep sets itself; an --extra naming one would silently change what is compared.
 CONTROLLED_FLAGS = frozenset(
     {
@@ -159,6 +158,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--held-out", type=int, default=256, help="held-out problems scored per run")
     parser.add_argument("--resume", action="store_true", help="continue --output: skip finished runs")
+    parser.add_argument(
+        "--summarize-only",
+        action="store_true",
+        help="rewrite results.md and summary.md from --output's results.json; train nothing",
+    )
     args = parser.parse_args(argv)
     try:
         args.settings = parse_settings(args.regimes)
@@ -170,6 +174,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error(f"--extra may not set {', '.join(controlled)}: the sweep sets them per run")
     if args.seeds < 1 or args.held_out < 1 or (args.steps is not None and args.steps < 1):
         parser.error("--seeds, --held-out and --steps must be >= 1")
+    if args.summarize_only and (args.output is None or not (args.output / "results.json").is_file()):
+        parser.error("--summarize-only needs --output: a sweep directory holding results.json")
+    if args.summarize_only:
+        return args
     if args.resume and args.output is None:
         parser.error("--resume needs --output: the sweep directory to continue")
     if args.output is None:
@@ -298,35 +306,127 @@ def _fmt(stat: dict[str, float | None], signed: bool = False, digits: int | None
     return mean if stat["std"] is None else f"{mean} ± {stat['std']:.{digits}f}"
 
 
-def write_markdown(path: Path, args: argparse.Namespace, results: dict[str, Any]) -> None:
-    reference = args.settings[0].name
+def command_line(results: dict[str, Any]) -> str:
+    """The command that reproduces a sweep, from its results.json."""
+    extra = f" --extra={shlex.quote(shlex.join(results['extra']))}" if results["extra"] else ""
+    return (
+        f"python -m occ_fast.experiments.regimes --regimes {' '.join(results['settings'])} "
+        f"--seeds {results['seeds']} --steps {' '.join(map(str, results['rl_steps']))} "
+        f"--held-out {results['held_out']}{extra}"
+    )
+
+
+def table_lines(results: dict[str, Any]) -> list[str]:
+    """The comparison table; the lam columns only where the sweep's results hold them."""
+    summary = results["summary"]
+    lam_keys = [k for k in ("final_lam", "final_lam_proxy") if all(k in s for s in summary.values())]
+    lam_titles = {"final_lam": "final lam", "final_lam_proxy": "OCC proxy lam"}
+    header = ["regime", "seeds", "final reward", "held-out accuracy", "MTP accuracy"]
+    header += [f"paired Δ {PAIRED_TITLES[k]}" for k in PAIRED_KEYS] + [lam_titles[k] for k in lam_keys]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, s in summary.items():
+        cells = [
+            name,
+            str(s["n"]),
+            _fmt(s["final_reward"]),
+            _fmt(s["heldout_accuracy"]),
+            _fmt(s["mtp_accuracy"]),
+        ]
+        cells += [_fmt(s[f"paired_{key}"], True, 3) for key in PAIRED_KEYS]
+        cells += [_fmt(s[key], True) for key in lam_keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def per_seed_lines(results: dict[str, Any]) -> list[str]:
+    """Held-out accuracy of every run, setting by seed (the pairing the paired differences use)."""
+    seeds = sorted({r["seed"] for r in results["runs"]})
+    lines = [
+        "| held-out accuracy | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+        "|" + "---|" * (len(seeds) + 1),
+    ]
+    for name in results["summary"]:
+        by_seed = {r["seed"]: r["heldout_accuracy"] for r in results["runs"] if r["setting"] == name}
+        lines.append(
+            f"| {name} | " + " | ".join(f"{by_seed[s]:.3f}" if s in by_seed else "–" for s in seeds) + " |"
+        )
+    return lines
+
+
+def reading_lines(results: dict[str, Any]) -> list[str]:
+    """The figures the README's reading rests on, computed here so that none is typed by hand."""
+    summary = results["summary"]
+    reference = results["settings"][0]
+    starts = [w["heldout_accuracy"] for w in results["warm_start"]]
+    spread = f" ± {statistics.stdev(starts):.3f}" if len(starts) > 1 else ""
+    lines = [
+        f"Held-out accuracy of the shared SFT warm start (before RL): {statistics.mean(starts):.3f}{spread}."
+    ]
+    others = {n: s["paired_heldout_accuracy"]["mean"] for n, s in summary.items() if n != reference}
+    others = {n: v for n, v in others.items() if v is not None}
+    if others:
+        worst = max(others, key=lambda n: abs(others[n]))
+        seed_std = [
+            s["heldout_accuracy"]["std"] for s in summary.values() if s["heldout_accuracy"]["std"] is not None
+        ]
+        gain = statistics.mean(s["heldout_accuracy"]["mean"] for s in summary.values()) - statistics.mean(
+            starts
+        )
+        below = [n for n in others if all(
+            r["heldout_accuracy"] < ref["heldout_accuracy"]
+            for r in results["runs"] if r["setting"] == n
+            for ref in results["runs"] if ref["setting"] == reference and ref["seed"] == r["seed"]
+        )]  # fmt: skip
+        lines.append(
+            f"Largest paired difference in held-out accuracy from `{reference}`: {others[worst]:+.3f} (`{worst}`)"
+            + (
+                f"; spread between seeds (std, mean over settings): {statistics.mean(seed_std):.3f}"
+                if seed_std
+                else ""
+            )
+            + f"; held-out gain over the warm start (mean over settings): {gain:+.3f}."
+            + (f" Below `{reference}` on every seed: {', '.join(f'`{n}`' for n in below)}." if below else "")
+        )
+    if "note" in results:
+        lines.append(f"Note: {results['note']}")
+    return lines
+
+
+def write_markdown(path: Path, results: dict[str, Any]) -> None:
+    """``results.md``: the sweep's full report (title, method, table, per-seed table, reading figures)."""
+    reference = results["settings"][0]
     lines = [
         "# MTP regime comparison at small scale",
         "",
-        f"Seeds {args.seeds}; RL steps {', '.join(map(str, results['rl_steps']))}; "
-        f"extra overrides `{shlex.join(args.extra)}`; held-out problems {args.held_out} (greedy). "
+        f"Seeds {results['seeds']}; RL steps {', '.join(map(str, results['rl_steps']))}; "
+        f"extra overrides `{shlex.join(results['extra'])}`; held-out problems {results['held_out']} (greedy). "
         f"Mean ± sample std over seeds. Final reward and MTP accuracy: mean of the last {TAIL_STEPS} RL "
         f"steps. Paired Δ: the per-seed difference from `{reference}` (same warm start), mean ± std. "
         "Final lam: the coefficient applied to the MTP policy term at the last step (none for "
-        "detach/ce); OCC proxy lam: the OCC estimate logged in every regime. The paper (method.md "
+        "detach/ce); OCC proxy lam: the OCC estimate logged in every regime (mean over the micro-batches "
+        "where it is applied, i.e. from the second mini-batch of the step). The paper (method.md "
         "section 8) finds occ >= detach > policy > ce at 7B scale.",
         "",
-        "| regime | seeds | final reward | held-out accuracy | MTP accuracy | paired Δ reward "
-        "| paired Δ held-out | paired Δ MTP accuracy | final lam | OCC proxy lam |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, s in results["summary"].items():
-        paired = " | ".join(_fmt(s[f"paired_{key}"], True, 3) for key in PAIRED_KEYS)
-        lines.append(
-            f"| {name} | {s['n']} | {_fmt(s['final_reward'])} | {_fmt(s['heldout_accuracy'])} "
-            f"| {_fmt(s['mtp_accuracy'])} | {paired} | {_fmt(s['final_lam'], True)} "
-            f"| {_fmt(s['final_lam_proxy'], True)} |"
-        )
-    starts = [w["heldout_accuracy"] for w in results["warm_start"]]
-    spread = f" ± {statistics.stdev(starts):.3f}" if len(starts) > 1 else ""
-    lines += [
+        *table_lines(results),
         "",
-        f"Held-out accuracy of the shared SFT warm start (before RL): {statistics.mean(starts):.3f}{spread}.",
+        *per_seed_lines(results),
+        "",
+        *reading_lines(results),
+    ]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_summary(path: Path, results: dict[str, Any]) -> None:
+    """``summary.md``: the snippet README.md includes (``benchmarks/sync_readme.py``)."""
+    lines = [
+        f"Measured by `{command_line(results)}`; mean ± sample std over seeds; paired Δ: per-seed "
+        f"difference from `{results['settings'][0]}` (same warm start).",
+        "",
+        *table_lines(results),
+        "",
+        *per_seed_lines(results),
+        "",
+        *reading_lines(results),
     ]
     path.write_text("\n".join(lines) + "\n")
 
@@ -415,7 +515,8 @@ def write_results(args: argparse.Namespace, runs: list[dict[str, Any]], warm: li
         "summary": summarize(runs, args.settings),
     }
     (args.output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    write_markdown(args.output / "results.md", args, results)
+    write_markdown(args.output / "results.md", results)
+    write_summary(args.output / "summary.md", results)
     write_plots(args.output, runs, args.settings)
 
 
@@ -434,6 +535,11 @@ def prepare_run_dir(cfg: Config) -> Config | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.summarize_only:
+        results = json.loads((args.output / "results.json").read_text())
+        write_markdown(args.output / "results.md", results)
+        write_summary(args.output / "summary.md", results)
+        return 0
     console = Console(stderr=True)
     quiet = Console(quiet=True)
     transformers.logging.set_verbosity_error()  # our own checkpoints: the load reports are expected
