@@ -133,10 +133,11 @@ def format_table(title: str, rows: list[Row], peak: float) -> str:
     return "\n".join(lines)
 
 
-def write_json(name: str, rows: list[Row], peak: float, conventions: str, **extra) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+def write_results(name: str, rows: list[Row], peak: float, conventions: str, table: str, **extra) -> Path:
+    """``results/<name>-<device>/results.json`` and the table as ``summary.md`` beside it."""
     dev = device_name().replace(" ", "_").replace("/", "_")
-    path = RESULTS_DIR / f"{name}-{dev}.json"
+    directory = RESULTS_DIR / f"{name}-{dev}"
+    directory.mkdir(parents=True, exist_ok=True)
     payload = {
         "device": device_name(),
         "torch": torch.__version__,
@@ -145,5 +146,6 @@ def write_json(name: str, rows: list[Row], peak: float, conventions: str, **extr
         "rows": [asdict(r) for r in rows],
         **extra,
     }
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    return path
+    (directory / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (directory / "summary.md").write_text(table + "\n")
+    return directory

@@ -16,7 +16,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from harness import Row, cpu_peak_gb, cuda_peak_gb, format_table, matmul_peak_tflops, median_ms, write_json
+from harness import Row, cpu_peak_gb, cuda_peak_gb, format_table, matmul_peak_tflops, median_ms, write_results
 from occ_fast.kernels import linear_logprob
 
 ON_GPU = torch.cuda.is_available()
@@ -58,13 +58,14 @@ def matmul_peak():
         "credited: fwd 2NHV, fwd+bwd 6NHV; executed: fwd+bwd 8NHV with recompute (triton, torch_chunked), "
         "6NHV otherwise; N = all stacked rows"
     )
-    print("\n" + format_table("linear_logprob", ROWS, peak))
+    table = format_table("linear_logprob", ROWS, peak)
+    print("\n" + table)
     modelled = {case: _modelled_backward_peak_gb(n, h, v) for case, n, h, v in CASES} if ON_GPU else {}
     for case, gb in modelled.items():
         print(
             f"{case}: modelled triton backward peak (inputs, grads, fp32 dW, one dlogits chunk) {gb:.2f} GB"
         )
-    path = write_json("linear_logprob", ROWS, peak, conventions, modelled_backward_peak_gb=modelled)
+    path = write_results("linear_logprob", ROWS, peak, conventions, table, modelled_backward_peak_gb=modelled)
     print(f"results written to {path}")
 
 

@@ -95,7 +95,7 @@ def test_gpu_check_dry_run_in_a_bare_environment(tmp_path):
     assert "SKIPPED rl_steps: no CUDA device" in log
     assert "| case | impl | mode | ms | TFLOP/s credited | TFLOP/s executed |" in log
     assert "| sm_90 | forward_kernel | bf16 entropy=on |" in log
-    bench = json.loads(next(results.glob("linear_logprob-*.json")).read_text())
+    bench = json.loads(next(results.glob("linear_logprob-*/results.json")).read_text())
     assert {r["impl"] for r in bench["rows"]} == {"torch_chunked"} and all(r["ms"] > 0 for r in bench["rows"])
     compiled = json.loads((results / "kernel-compiled" / "results.json").read_text())
     assert {k["kernel"] for k in compiled["kernels"]} == {"forward_kernel", "dlogits_kernel"}
