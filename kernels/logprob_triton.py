@@ -365,9 +365,20 @@ def _has_fp32_out_addmm(device_type: str) -> bool:
     return True
 
 
+def check_column_offsets(hidden: torch.Tensor, weight: torch.Tensor) -> None:
+    """The kernels' row offsets are 64-bit, their column (``H``-direction) offsets 32-bit."""
+    for name, t in (("hidden", hidden), ("weight", weight)):
+        if (t.shape[1] - 1) * t.stride(1) >= 2**31:
+            raise ValueError(
+                f"{name}: H x column stride = {t.shape[1]} x {t.stride(1)} passes 2^31 elements; "
+                f"pass {name}.contiguous() (rows of any stride are fine)"
+            )
+
+
 class TritonLinearLogprob(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, inv_temperature, valid, return_entropy, chunk_rows):
+        check_column_offsets(hidden, weight)
         row_max, log_sumexp, logprob, entropy = triton_forward(
             hidden, weight, targets, inv_temperature, return_entropy
         )

@@ -55,6 +55,18 @@ def test_strided_and_transposed_views(seed):
     torch.testing.assert_close(w_leaf.grad.cpu().double(), w64.grad, rtol=1e-4, atol=1e-5)
 
 
+def test_column_stride_past_int32_is_refused_by_name():
+    """A transposed weight whose H-direction offsets pass 2^31 (meta tensors: nothing is allocated)."""
+    v, h = 2**20, 4096  # weight.t().contiguous().t(): column stride V, (H - 1) x V > 2^31
+    weight = torch.empty(h, v, device="meta", dtype=torch.bfloat16).t()
+    hidden = torch.empty(8, h, device="meta", dtype=torch.bfloat16)
+    rows = torch.empty(8, device="meta")
+    with pytest.raises(
+        ValueError, match=r"weight: H x column stride = 4096 x 1048576 .*weight.contiguous\(\)"
+    ):
+        logprob_triton.TritonLinearLogprob.apply(hidden, weight, rows.long(), rows, rows.bool(), False, 128)
+
+
 def test_largest_chunk_equals_small_chunks():
     """A chunk larger than all rows (one dlogits buffer for everything) gives the same gradients."""
     hidden, weight, targets = _inputs(70, 32, 150, seed=3)
