@@ -70,10 +70,10 @@ def matmul_peak():
 
 
 def _modelled_backward_peak_gb(n: int, h: int, v: int) -> float:
-    from occ_fast.kernels.logprob import _default_chunk_rows
+    from occ_fast.kernels.logprob import default_chunk_rows
     from occ_fast.kernels.roofline import backward_peak_bytes
 
-    chunk = min(n, _default_chunk_rows("triton", torch.empty(v, h, dtype=DTYPE, device="meta")))
+    chunk = min(n, default_chunk_rows("triton", torch.empty(v, h, dtype=DTYPE, device="meta")))
     return backward_peak_bytes(n, h, v, DTYPE, chunk) / 1e9
 
 

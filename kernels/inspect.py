@@ -29,7 +29,7 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 def launches(m: int, h: int, v: int, dtype: torch.dtype, arch: int, all_tiles: bool) -> Iterator:
     """``(variant, Launch)`` for every kernel and entropy setting at this shape (meta tensors)."""
-    from .logprob import _default_chunk_rows
+    from .logprob import default_chunk_rows
     from .logprob_triton import dlogits_launch, forward_launch, forward_splits
 
     spec = tiling.arch_for(arch)
@@ -38,7 +38,7 @@ def launches(m: int, h: int, v: int, dtype: torch.dtype, arch: int, all_tiles: b
     weight = torch.empty(v, h, dtype=dtype, **meta)
     targets = torch.empty(m, dtype=torch.int64, **meta)
     rows = torch.empty(m, dtype=torch.float32, **meta)
-    chunk = min(m, _default_chunk_rows("triton", weight))
+    chunk = min(m, default_chunk_rows("triton", weight))
     tiles = tiling.candidates(arch, dtype) if all_tiles else (tiling.choose(arch, m, dtype),)
     for tile in tiles:
         splits = forward_splits(m, v, tile, spec.multiprocessors)

@@ -66,7 +66,7 @@ def linear_logprob(
     if impl == "auto":
         impl = "triton" if hidden.is_cuda else "torch_chunked"
     if chunk_rows is None:
-        chunk_rows = _default_chunk_rows(impl, weight)
+        chunk_rows = default_chunk_rows(impl, weight)
     elif chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
 
@@ -89,7 +89,7 @@ def linear_logprob(
     return LinearLogprobOutput(logprob, entropy if return_entropy else None, max_logprob)
 
 
-def _default_chunk_rows(impl: str, weight: torch.Tensor) -> int:
+def default_chunk_rows(impl: str, weight: torch.Tensor) -> int:
     vocab = weight.shape[0]
     if impl == "triton":
         rows = TRITON_DLOGITS_BYTES // (weight.element_size() * vocab)

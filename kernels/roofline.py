@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from . import tiling
-from .logprob import _default_chunk_rows
+from .logprob import default_chunk_rows
 from .logprob_triton import forward_splits
 
 TARGET = dict(m=32768, h=4096, v=151936)
@@ -36,7 +36,7 @@ def estimate(arch: tiling.Arch, m: int, h: int, v: int, dtype: torch.dtype = tor
     b = torch.finfo(dtype).bits // 8
     tile = tiling.choose(arch.capability, m, dtype)
     weight = torch.empty(v, h, dtype=dtype, device="meta")
-    chunk = min(m, _default_chunk_rows("triton", weight))
+    chunk = min(m, default_chunk_rows("triton", weight))
     chunks = _cdiv(m, chunk)
     row_blocks, vocab_tiles = _cdiv(m, tile.block_m), _cdiv(v, tile.block_v)
     groups = _cdiv(row_blocks, tile.group_m)
