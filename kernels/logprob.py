@@ -43,8 +43,9 @@ def linear_logprob(
     """``log softmax(hidden @ weight.T / temperature)[m, targets[m]]`` for every row ``m``.
 
     Args:
-        hidden: ``[M, H]`` rows (fp32, bf16 or fp16). Stack several heads that share ``weight``
-            into one call (see :func:`occ_fast.kernels.heads_logprob`).
+        hidden: ``[M, H]`` rows (fp32, bf16 or fp16; any strides). Stack several heads that share
+            ``weight`` into one call (see :func:`occ_fast.kernels.heads_logprob`). On CUDA, fp32
+            inputs use 3xTF32 tensor-core products (about fp32 accuracy).
         weight: ``[V, H]`` output matrix, same dtype and device as ``hidden``.
         targets: ``[M]`` int64 token ids; ``ignore_index`` marks rows to skip (output 0, no grad).
         temperature: a positive float, or a ``[M]`` tensor of per-row temperatures (no grad).
