@@ -7,7 +7,8 @@ Runs ``python -m occ_fast.train --train.steps 20 --train.warmup-sft-steps 100 --
 (the ``tiny`` preset) four times: with the policy (``OMP_WAIT_POLICY=PASSIVE``, the default) and
 with spinning threads (``OMP_WAIT_POLICY=ACTIVE``, what OpenMP does when nothing is set), each
 alone and beside one single-threaded busy process. Records the load average before each run (a
-machine shared with other jobs is never idle). Writes ``results.json`` and ``summary.md``.
+machine shared with other jobs is never idle); a run longer than ``--timeout-s`` is stopped and
+reported as a lower bound. Writes ``results.json`` and ``summary.md``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ RUN = ["--train.steps", "20", "--train.warmup-sft-steps", "100", "--eval.every",
 BUSY = "while True: pass"
 
 
-def timed_run(wait_policy: str, competing: bool, out_dir: Path) -> dict:
+def timed_run(wait_policy: str, competing: bool, out_dir: Path, timeout_s: float) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "TRITON_INTERPRET")}
     env["OMP_WAIT_POLICY"] = wait_policy
     load = os.getloadavg()[0]
@@ -33,13 +34,23 @@ def timed_run(wait_policy: str, competing: bool, out_dir: Path) -> dict:
     try:
         t0 = time.perf_counter()
         cmd = [sys.executable, "-m", "occ_fast.train", *RUN, "--run.output-dir", str(out_dir)]
-        subprocess.run(cmd, env=env, check=True, capture_output=True)
+        try:
+            subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=timeout_s)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            timed_out = True
         wall = time.perf_counter() - t0
     finally:
         if busy is not None:
             busy.kill()
             busy.wait()
-    return dict(wait_policy=wait_policy, competing_process=competing, wall_s=wall, load_average_before=load)
+    return dict(
+        wait_policy=wait_policy,
+        competing_process=competing,
+        wall_s=wall,
+        timed_out=timed_out,
+        load_average_before=load,
+    )
 
 
 def summary(rows: list[dict]) -> str:
@@ -54,7 +65,7 @@ def summary(rows: list[dict]) -> str:
     for r in rows:
         name = "PASSIVE (policy)" if r["wait_policy"] == "PASSIVE" else "ACTIVE (spinning)"
         lines.append(
-            f"| {name} | {'yes' if r['competing_process'] else 'no'} | {r['wall_s']:.1f} "
+            f"| {name} | {'yes' if r['competing_process'] else 'no'} | {'> ' if r['timed_out'] else ''}{r['wall_s']:.1f} "
             f"| {r['load_average_before']:.1f} |"
         )
     return "\n".join(lines) + "\n"
@@ -63,12 +74,20 @@ def summary(rows: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "thread-policy")
+    parser.add_argument(
+        "--timeout-s",
+        type=float,
+        default=900.0,
+        help="stop a run after this long, reported as '> N' (default: 900)",
+    )
     args = parser.parse_args(argv)
+    if not args.timeout_s > 0:
+        parser.error("--timeout-s must be > 0")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for policy in ("PASSIVE", "ACTIVE"):
             for competing in (False, True):
-                rows.append(timed_run(policy, competing, Path(tmp)))
+                rows.append(timed_run(policy, competing, Path(tmp), args.timeout_s))
                 print(rows[-1], flush=True)
     text = summary(rows)
     print(text)
