@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-RESULTS_DIR = Path(__file__).parent / "results"
+RESULTS_DIR = Path(os.environ.get("OCC_FAST_RESULTS_DIR") or Path(__file__).parent / "results")
 
 
 @dataclass
@@ -29,7 +29,8 @@ class Row:
     impl: str
     mode: str  # "fwd" or "fwd+bwd"
     ms: float | None
-    tflops: float | None
+    tflops: float | None  # credited: 2NHV (fwd) or 6NHV (fwd+bwd) whatever the implementation computes
+    tflops_executed: float | None  # the FLOPs this implementation actually executes (8NHV with recompute)
     peak_gb: float | None
     frac_of_matmul_peak: float | None
     note: str = ""
@@ -102,41 +103,49 @@ def matmul_peak_tflops() -> float:
     return 2 * n**3 / (ms * 1e-3) / 1e12
 
 
-def print_table(title: str, rows: list[Row], peak: float) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"{title} on {device_name()} (matmul peak measured: {peak:.1f} TFLOP/s)")
-    for col in ("case", "impl", "mode", "ms", "TFLOP/s", "peak GB", "of matmul peak", "note"):
-        table.add_column(col, justify="right" if col not in ("case", "impl", "mode", "note") else "left")
+def format_table(title: str, rows: list[Row], peak: float) -> str:
+    """A markdown table of ``rows`` (plain text: readable in a terminal and in a README)."""
+    cols = (
+        "case",
+        "impl",
+        "mode",
+        "ms",
+        "TFLOP/s credited",
+        "TFLOP/s executed",
+        "of matmul peak",
+        "peak GB",
+        "note",
+    )
+    lines = [
+        f"{title} on {device_name()} (matmul peak measured in the same run: {peak:.3g} TFLOP/s)",
+        "",
+        "| " + " | ".join(cols) + " |",
+        "|" + "---|" * len(cols),
+    ]
 
     def fmt(x, spec):
         return "-" if x is None else format(x, spec)
 
     for r in rows:
-        table.add_row(
-            r.case,
-            r.impl,
-            r.mode,
-            fmt(r.ms, ".2f"),
-            fmt(r.tflops, ".3g"),
-            fmt(r.peak_gb, ".3f"),
-            fmt(r.frac_of_matmul_peak, ".0%"),
-            r.note,
-        )
-    Console(width=160).print(table)
+        cells = (r.case, r.impl, r.mode, fmt(r.ms, ".2f"), fmt(r.tflops, ".3g"), fmt(r.tflops_executed, ".3g"),
+                 fmt(r.frac_of_matmul_peak, ".0%"), fmt(r.peak_gb, ".3f"), r.note)  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
-def write_json(name: str, rows: list[Row], peak: float, conventions: str) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+def write_results(name: str, rows: list[Row], peak: float, conventions: str, table: str, **extra) -> Path:
+    """``results/<name>-<device>/results.json`` and the table as ``summary.md`` beside it."""
     dev = device_name().replace(" ", "_").replace("/", "_")
-    path = RESULTS_DIR / f"{name}-{dev}.json"
+    directory = RESULTS_DIR / f"{name}-{dev}"
+    directory.mkdir(parents=True, exist_ok=True)
     payload = {
         "device": device_name(),
         "torch": torch.__version__,
         "matmul_peak_tflops": peak,
         "conventions": conventions,
         "rows": [asdict(r) for r in rows],
+        **extra,
     }
-    path.write_text(json.dumps(payload, indent=2) + "\n")
-    return path
+    (directory / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (directory / "summary.md").write_text(table + "\n")
+    return directory

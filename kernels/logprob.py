@@ -43,8 +43,9 @@ def linear_logprob(
     """``log softmax(hidden @ weight.T / temperature)[m, targets[m]]`` for every row ``m``.
 
     Args:
-        hidden: ``[M, H]`` rows (fp32, bf16 or fp16). Stack several heads that share ``weight``
-            into one call (see :func:`occ_fast.kernels.heads_logprob`).
+        hidden: ``[M, H]`` rows (fp32, bf16 or fp16; any strides). Stack several heads that share
+            ``weight`` into one call (see :func:`occ_fast.kernels.heads_logprob`). On CUDA, fp32
+            inputs use 3xTF32 tensor-core products (about fp32 accuracy).
         weight: ``[V, H]`` output matrix, same dtype and device as ``hidden``.
         targets: ``[M]`` int64 token ids; ``ignore_index`` marks rows to skip (output 0, no grad).
         temperature: a positive float, or a ``[M]`` tensor of per-row temperatures (no grad).
@@ -66,7 +67,7 @@ def linear_logprob(
     if impl == "auto":
         impl = "triton" if hidden.is_cuda else "torch_chunked"
     if chunk_rows is None:
-        chunk_rows = _default_chunk_rows(impl, weight)
+        chunk_rows = default_chunk_rows(impl, weight)
     elif chunk_rows < 1:
         raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
 
@@ -89,7 +90,7 @@ def linear_logprob(
     return LinearLogprobOutput(logprob, entropy if return_entropy else None, max_logprob)
 
 
-def _default_chunk_rows(impl: str, weight: torch.Tensor) -> int:
+def default_chunk_rows(impl: str, weight: torch.Tensor) -> int:
     vocab = weight.shape[0]
     if impl == "triton":
         rows = TRITON_DLOGITS_BYTES // (weight.element_size() * vocab)

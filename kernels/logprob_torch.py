@@ -48,7 +48,7 @@ class ChunkedLinearLogprob(torch.autograd.Function):
         log_sumexp = hidden.new_zeros(m, dtype=torch.float32)
         for start in range(0, m, chunk_rows):
             rows = slice(start, min(start + chunk_rows, m))
-            z = (hidden[rows].float() @ weight32.t()) * inv_temperature[rows, None]
+            z = torch.mm(hidden[rows].float(), weight32.t()).mul_(inv_temperature[rows, None])
             row_max[rows], log_sumexp[rows], logprob[rows], entropy[rows] = row_stats(z, targets[rows])
         ctx.save_for_backward(hidden, weight, targets, inv_temperature, valid, row_max, log_sumexp, entropy)
         ctx.chunk_rows = chunk_rows
@@ -72,12 +72,12 @@ class ChunkedLinearLogprob(torch.autograd.Function):
         for start in range(0, m, ctx.chunk_rows):
             rows = slice(start, min(start + ctx.chunk_rows, m))
             h = hidden[rows].float()
-            z = (h @ weight32.t()) * inv_temperature[rows, None]
+            z = torch.mm(h, weight32.t()).mul_(inv_temperature[rows, None])
             dlogits = logit_grad(
                 z, targets[rows], row_max[rows], log_sumexp[rows], entropy[rows], g1[rows], g2[rows]
             )
-            dlogits *= inv_temperature[rows, None]
-            grad_hidden[rows] = dlogits @ weight32
+            dlogits.mul_(inv_temperature[rows, None])
+            torch.mm(dlogits, weight32, out=grad_hidden[rows])
             grad_weight.addmm_(dlogits.t(), h)
         return (
             grad_hidden.to(hidden.dtype) if ctx.needs_input_grad[0] else None,

@@ -6,23 +6,37 @@ an online log-sum-exp, the target logit and the running ``sum p * (z - max)`` fo
 per-slice partials that a few ``[splits, M]`` tensor ops combine. Splitting the vocabulary keeps
 the GPU full when there are few row blocks. Nothing of size ``[M, V]`` is written.
 
+Programs run in a grouped order: consecutive programs (the ones resident at the same time) cover
+``GROUP_M`` row blocks times many vocabulary slices, so each hidden block and each weight tile is
+read from HBM about once per group and then served from L2 (row-major order would re-stream every
+hidden block once per vocabulary tile: ~300 GB at 32k x 4096 x 152k).
+
 Backward: rows are processed in chunks. For each chunk one kernel recomputes the logit tiles in
 fp32 and writes ``dlogits`` (``[chunk, V]``, input dtype); two GEMMs then give ``dH`` and add the
 chunk's share to an fp32 ``dW``. Extra memory is O(chunk x V) plus the fp32 ``dW``.
+
+Every input may be a strided view (all strides are honoured); row offsets are 64-bit, so
+``rows x stride`` may exceed 2^31. 16-bit inputs use tensor-core MMA with fp32 accumulation;
+fp32 inputs use 3xTF32 tensor-core products (about fp32 accuracy, see README).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 
+from . import tiling
 from .logprob_torch import _row_grads
 
 logger = logging.getLogger(__name__)
+
+# Stands for -inf on masked columns: finite, so that 0 * (z - max) stays 0 in the entropy sum.
+_MASKED_LOGIT = tl.constexpr(-1.0e30)
 
 
 @triton.jit
@@ -35,7 +49,9 @@ def _logit_tile(
     col_ok,
     H,
     stride_hm,
+    stride_hk,
     stride_wv,
+    stride_wk,
     BLOCK_M: tl.constexpr,
     BLOCK_V: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -43,21 +59,26 @@ def _logit_tile(
 ):
     """``hidden[offs_m] @ weight[offs_v].T`` as an fp32 ``[BLOCK_M, BLOCK_V]`` tile, masked rows/cols 0."""
     offs_k = tl.arange(0, BLOCK_K)
+    h_rows = hidden_ptr + offs_m.to(tl.int64)[:, None] * stride_hm
+    w_rows = weight_ptr + offs_v.to(tl.int64)[:, None] * stride_wv
     acc = tl.zeros([BLOCK_M, BLOCK_V], tl.float32)
     for k0 in range(0, H, BLOCK_K):
-        k_ok = (k0 + offs_k) < H
-        h = tl.load(
-            hidden_ptr + offs_m[:, None] * stride_hm + (k0 + offs_k)[None, :],
-            mask=row_ok[:, None] & k_ok[None, :],
-            other=0.0,
-        )
-        w = tl.load(
-            weight_ptr + offs_v[:, None] * stride_wv + (k0 + offs_k)[None, :],
-            mask=col_ok[:, None] & k_ok[None, :],
-            other=0.0,
-        )
+        k = k0 + offs_k
+        k_ok = k < H
+        h = tl.load(h_rows + k[None, :] * stride_hk, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        w = tl.load(w_rows + k[None, :] * stride_wk, mask=col_ok[:, None] & k_ok[None, :], other=0.0)
         acc = tl.dot(h, tl.trans(w), acc, input_precision=DOT_PRECISION)
     return acc
+
+
+@triton.jit
+def _grouped_program(pid, row_blocks, col_blocks, GROUP_M: tl.constexpr):
+    """Map a linear program id to (row block, column block), ``GROUP_M`` row blocks at a time."""
+    per_group = GROUP_M * col_blocks
+    first_m = (pid // per_group) * GROUP_M
+    group_rows = tl.minimum(row_blocks - first_m, GROUP_M)
+    in_group = pid % per_group
+    return first_m + in_group % group_rows, in_group // group_rows
 
 
 @triton.jit
@@ -74,24 +95,28 @@ def _forward_kernel(
     V,
     H,
     V_PER_SPLIT,
+    SPLITS,
     stride_hm,
+    stride_hk,
     stride_wv,
+    stride_wk,
+    stride_t,
     BLOCK_M: tl.constexpr,
     BLOCK_V: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
     WITH_ENTROPY: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_split = tl.program_id(1)
+    pid_m, pid_split = _grouped_program(tl.program_id(0), tl.cdiv(M, BLOCK_M), SPLITS, GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = offs_m < M
-    targets = tl.load(targets_ptr + offs_m, mask=row_ok, other=-1)
+    targets = tl.load(targets_ptr + offs_m.to(tl.int64) * stride_t, mask=row_ok, other=-1)
     inv_temp = tl.load(inv_temp_ptr + offs_m, mask=row_ok, other=1.0)
 
     v_begin = pid_split * V_PER_SPLIT
     v_end = tl.minimum(v_begin + V_PER_SPLIT, V)
-    run_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    run_max = tl.full([BLOCK_M], _MASKED_LOGIT, tl.float32)
     run_sum = tl.zeros([BLOCK_M], tl.float32)
     run_sum_shifted = tl.zeros([BLOCK_M], tl.float32)
     target_logit = tl.zeros([BLOCK_M], tl.float32)
@@ -99,24 +124,22 @@ def _forward_kernel(
         offs_v = v0 + tl.arange(0, BLOCK_V)
         col_ok = offs_v < v_end
         acc = _logit_tile(
-            hidden_ptr, weight_ptr, offs_m, offs_v, row_ok, col_ok, H, stride_hm, stride_wv,
-            BLOCK_M, BLOCK_V, BLOCK_K, DOT_PRECISION,
+            hidden_ptr, weight_ptr, offs_m, offs_v, row_ok, col_ok, H, stride_hm, stride_hk, stride_wv,
+            stride_wk, BLOCK_M, BLOCK_V, BLOCK_K, DOT_PRECISION,
         )  # fmt: skip
-        z = acc * inv_temp[:, None]
-        z = tl.where(col_ok[None, :], z, float("-inf"))
+        z = tl.where(col_ok[None, :], acc * inv_temp[:, None], _MASKED_LOGIT)
+        target_logit += tl.sum(tl.where(offs_v[None, :] == targets[:, None], z, 0.0), axis=1)
         new_max = tl.maximum(run_max, tl.max(z, axis=1))
-        rescale = tl.exp(run_max - new_max)
-        p = tl.exp(z - new_max[:, None])
+        shift = run_max - new_max
+        rescale = tl.exp(shift)
+        shifted = z - new_max[:, None]
+        p = tl.exp(shifted)
         if WITH_ENTROPY:
-            shifted = tl.where(col_ok[None, :], z - new_max[:, None], 0.0)
-            old_shift = tl.where(run_sum > 0, run_max - new_max, 0.0)
-            run_sum_shifted = (run_sum_shifted + old_shift * run_sum) * rescale + tl.sum(p * shifted, axis=1)
+            run_sum_shifted = (run_sum_shifted + shift * run_sum) * rescale + tl.sum(p * shifted, axis=1)
         run_sum = run_sum * rescale + tl.sum(p, axis=1)
-        is_target = offs_v[None, :] == targets[:, None]
-        target_logit += tl.sum(tl.where(is_target, z, 0.0), axis=1)
         run_max = new_max
 
-    out = pid_split * M + offs_m
+    out = pid_split.to(tl.int64) * M + offs_m
     tl.store(max_ptr + out, run_max, mask=row_ok)
     tl.store(sumexp_ptr + out, run_sum, mask=row_ok)
     tl.store(target_logit_ptr + out, target_logit, mask=row_ok)
@@ -140,30 +163,33 @@ def _dlogits_kernel(
     V,
     H,
     stride_hm,
+    stride_hk,
     stride_wv,
+    stride_wk,
+    stride_t,
     stride_dm,
     BLOCK_M: tl.constexpr,
     BLOCK_V: tl.constexpr,
     BLOCK_K: tl.constexpr,
+    GROUP_M: tl.constexpr,
     WITH_ENTROPY: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_v = tl.program_id(1)
+    pid_m, pid_v = _grouped_program(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(V, BLOCK_V), GROUP_M)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_v = pid_v * BLOCK_V + tl.arange(0, BLOCK_V)
     row_ok = offs_m < M
     col_ok = offs_v < V
 
     acc = _logit_tile(
-        hidden_ptr, weight_ptr, offs_m, offs_v, row_ok, col_ok, H, stride_hm, stride_wv,
-        BLOCK_M, BLOCK_V, BLOCK_K, DOT_PRECISION,
+        hidden_ptr, weight_ptr, offs_m, offs_v, row_ok, col_ok, H, stride_hm, stride_hk, stride_wv,
+        stride_wk, BLOCK_M, BLOCK_V, BLOCK_K, DOT_PRECISION,
     )  # fmt: skip
     inv_temp = tl.load(inv_temp_ptr + offs_m, mask=row_ok, other=1.0)
     row_max = tl.load(row_max_ptr + offs_m, mask=row_ok, other=0.0)
     log_sumexp = tl.load(log_sumexp_ptr + offs_m, mask=row_ok, other=0.0)
     g1 = tl.load(g_logprob_ptr + offs_m, mask=row_ok, other=0.0)
-    targets = tl.load(targets_ptr + offs_m, mask=row_ok, other=-1)
+    targets = tl.load(targets_ptr + offs_m.to(tl.int64) * stride_t, mask=row_ok, other=-1)
     logp = (acc * inv_temp[:, None] - row_max[:, None]) - log_sumexp[:, None]
     p = tl.exp(logp)
     if WITH_ENTROPY:
@@ -175,18 +201,24 @@ def _dlogits_kernel(
     grad = tl.where(offs_v[None, :] == targets[:, None], grad + g1[:, None], grad)
     grad = grad * inv_temp[:, None]
     tl.store(
-        dlogits_ptr + offs_m[:, None] * stride_dm + offs_v[None, :],
+        dlogits_ptr + offs_m.to(tl.int64)[:, None] * stride_dm + offs_v[None, :],
         grad.to(dlogits_ptr.dtype.element_ty),
         mask=row_ok[:, None] & col_ok[None, :],
     )
 
 
-def _blocks(dtype: torch.dtype, device: torch.device) -> dict:
-    """Tile shapes: Hopper/Ampere-friendly on CUDA, small under the interpreter (speed, coverage)."""
-    if device.type != "cuda":
-        return dict(BLOCK_M=32, BLOCK_V=64, BLOCK_K=32, num_warps=4, num_stages=1)
-    block_k = 32 if dtype == torch.float32 else 64
-    return dict(BLOCK_M=128, BLOCK_V=128, BLOCK_K=block_k, num_warps=8, num_stages=3)
+@dataclass
+class Launch:
+    """One kernel launch, fully decided: what runs on the GPU, and what the compiled-code check compiles."""
+
+    kernel: object
+    grid: tuple[int, ...]
+    args: tuple
+    constexprs: dict
+    tile: tiling.Tile
+
+    def run(self) -> None:
+        self.kernel[self.grid](*self.args, **self.constexprs, **self.tile.launch_options())
 
 
 @functools.cache
@@ -194,50 +226,96 @@ def _multiprocessors(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
-def _vocab_splits(row_blocks: int, vocab_blocks: int, device: torch.device) -> int:
-    """Enough (row block, vocab slice) programs to fill the GPU twice over; 3 under the interpreter."""
+def _capability(device: torch.device) -> int | None:
+    """``90`` for sm_90 and so on; None off CUDA (the interpreter)."""
     if device.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
+def _tile(capability: int | None, m: int, dtype: torch.dtype) -> tiling.Tile:
+    if capability is None:
+        return tiling.INTERPRETER_TILE
+    return tiling.choose(capability, m, dtype)
+
+
+def vocab_splits(row_blocks: int, vocab_blocks: int, multiprocessors: int | None) -> int:
+    """Vocabulary slices of the forward: at least two waves of programs, and at least 16 slices.
+
+    With the grouped order, 16 slices x 8 row blocks are resident together, so hidden blocks and
+    weight tiles are each shared by 8-16 CTAs in L2. 3 slices under the interpreter.
+    """
+    if multiprocessors is None:
         return min(3, vocab_blocks)
-    wanted = 2 * _multiprocessors(device.index or 0)
-    return max(1, min(vocab_blocks, -(-wanted // row_blocks)))
+    wanted = max(16, -(-2 * multiprocessors // row_blocks))
+    return max(1, min(vocab_blocks, wanted))
 
 
-def _dot_precision(dtype: torch.dtype) -> str:
-    """fp32 inputs get true fp32 products (tf32 would cost ~1e-3 relative error in log-probs)."""
-    return "ieee" if dtype == torch.float32 else "tf32"
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 inputs: 3xTF32 tensor-core products (about fp32 accuracy); 16-bit inputs: native MMA."""
+    return "tf32x3" if dtype == torch.float32 else "tf32"
+
+
+def forward_launch(hidden, weight, targets, inv_temperature, partial, with_entropy, tile, multiprocessors):
+    """The forward's launch for these tensors (``partial``: the ``[4, splits, M]`` fp32 output)."""
+    m, h_dim = hidden.shape
+    vocab = weight.shape[0]
+    splits = partial.shape[1]
+    v_per_split = forward_v_per_split(m, vocab, tile, multiprocessors)
+    run_max, run_sum, run_sum_shifted, target_logit = partial.unbind(0)
+    args = (
+        hidden, weight, targets, inv_temperature, run_max, run_sum, run_sum_shifted, target_logit,
+        m, vocab, h_dim, v_per_split, splits,
+        hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), targets.stride(0),
+    )  # fmt: skip
+    constexprs = dict(WITH_ENTROPY=with_entropy, DOT_PRECISION=dot_precision(hidden.dtype))
+    return Launch(_forward_kernel, (triton.cdiv(m, tile.block_m) * splits,), args, constexprs, tile)
+
+
+def forward_v_per_split(m: int, vocab: int, tile: tiling.Tile, multiprocessors: int | None) -> int:
+    vocab_blocks = triton.cdiv(vocab, tile.block_v)
+    splits = vocab_splits(triton.cdiv(m, tile.block_m), vocab_blocks, multiprocessors)
+    return triton.cdiv(vocab_blocks, splits) * tile.block_v
+
+
+def forward_splits(m: int, vocab: int, tile: tiling.Tile, multiprocessors: int | None) -> int:
+    return triton.cdiv(vocab, forward_v_per_split(m, vocab, tile, multiprocessors))
+
+
+def dlogits_launch(hidden, weight, targets, inv_temperature, row_max, log_sumexp, entropy, g1, g2, out, tile):
+    """The backward's ``dlogits`` launch for one chunk of rows."""
+    m, h_dim = hidden.shape
+    vocab = weight.shape[0]
+    with_entropy = entropy is not None
+    args = (
+        hidden, weight, targets, inv_temperature, row_max, log_sumexp,
+        entropy if with_entropy else row_max, g1, g2 if with_entropy else g1, out,
+        m, vocab, h_dim,
+        hidden.stride(0), hidden.stride(1), weight.stride(0), weight.stride(1), targets.stride(0), out.stride(0),
+    )  # fmt: skip
+    constexprs = dict(WITH_ENTROPY=with_entropy, DOT_PRECISION=dot_precision(hidden.dtype))
+    grid = (triton.cdiv(m, tile.block_m) * triton.cdiv(vocab, tile.block_v),)
+    return Launch(_dlogits_kernel, grid, args, constexprs, tile)
+
+
+def _device_shape(device: torch.device) -> tuple[int | None, int | None]:
+    capability = _capability(device)
+    multiprocessors = None if capability is None else _multiprocessors(device.index or 0)
+    return capability, multiprocessors
 
 
 def triton_forward(hidden, weight, targets, inv_temperature, with_entropy):
     """Return ``(row_max, log_sumexp, logprob, entropy)`` in fp32, unmasked (``entropy`` None unless asked)."""
-    m, h_dim = hidden.shape
-    vocab = weight.shape[0]
-    cfg = _blocks(hidden.dtype, hidden.device)
-    row_blocks = triton.cdiv(m, cfg["BLOCK_M"])
-    vocab_blocks = triton.cdiv(vocab, cfg["BLOCK_V"])
-    splits = _vocab_splits(row_blocks, vocab_blocks, hidden.device)
-    v_per_split = triton.cdiv(vocab_blocks, splits) * cfg["BLOCK_V"]
-    splits = triton.cdiv(vocab, v_per_split)
+    m = hidden.shape[0]
+    capability, multiprocessors = _device_shape(hidden.device)
+    tile = _tile(capability, m, hidden.dtype)
+    splits = forward_splits(m, weight.shape[0], tile, multiprocessors)
     partial = torch.empty((4, splits, m), dtype=torch.float32, device=hidden.device)
+    forward_launch(
+        hidden, weight, targets, inv_temperature, partial, with_entropy, tile, multiprocessors
+    ).run()
     run_max, run_sum, run_sum_shifted, target_logit = partial.unbind(0)
-    _forward_kernel[(row_blocks, splits)](
-        hidden,
-        weight,
-        targets,
-        inv_temperature,
-        run_max,
-        run_sum,
-        run_sum_shifted,
-        target_logit,
-        m,
-        vocab,
-        h_dim,
-        v_per_split,
-        hidden.stride(0),
-        weight.stride(0),
-        WITH_ENTROPY=with_entropy,
-        DOT_PRECISION=_dot_precision(hidden.dtype),
-        **cfg,
-    )
     row_max = run_max.amax(0)
     scale = torch.exp(run_max - row_max)
     sumexp = (run_sum * scale).sum(0)
@@ -252,64 +330,55 @@ def triton_forward(hidden, weight, targets, inv_temperature, with_entropy):
 
 def triton_dlogits(hidden, weight, targets, inv_temperature, row_max, log_sumexp, entropy, g1, g2, out):
     """Write ``d sum(g1 * logprob + g2 * entropy) / d(hidden @ weight.T)`` for these rows into ``out``."""
-    m, h_dim = hidden.shape
-    vocab = weight.shape[0]
-    cfg = _blocks(hidden.dtype, hidden.device)
-    with_entropy = entropy is not None
-    grid = (triton.cdiv(m, cfg["BLOCK_M"]), triton.cdiv(vocab, cfg["BLOCK_V"]))
-    _dlogits_kernel[grid](
-        hidden,
-        weight,
-        targets,
-        inv_temperature,
-        row_max,
-        log_sumexp,
-        entropy if with_entropy else row_max,
-        g1,
-        g2 if with_entropy else g1,
-        out,
-        m,
-        vocab,
-        h_dim,
-        hidden.stride(0),
-        weight.stride(0),
-        out.stride(0),
-        WITH_ENTROPY=with_entropy,
-        DOT_PRECISION=_dot_precision(hidden.dtype),
-        **cfg,
-    )
+    tile = _tile(_capability(hidden.device), hidden.shape[0], hidden.dtype)
+    dlogits_launch(
+        hidden, weight, targets, inv_temperature, row_max, log_sumexp, entropy, g1, g2, out, tile
+    ).run()
 
 
 def _accumulate_weight_grad(grad_weight: torch.Tensor, dlogits: torch.Tensor, hidden: torch.Tensor) -> None:
     """``grad_weight (fp32) += dlogits.T @ hidden``, accumulated in fp32 for any input dtype.
 
-    bf16/fp16 operands use cuBLAS with an fp32 output (``out_dtype``), so no chunk's share is
-    rounded to the input dtype; torch builds without it add a rounded per-chunk product instead.
+    bf16/fp16 operands use an fp32-output GEMM (``out_dtype``), so no chunk's share is rounded
+    to the input dtype; torch builds without it add a rounded per-chunk product instead.
     """
     if dlogits.dtype == torch.float32:
         grad_weight.addmm_(dlogits.t(), hidden)
-    elif _has_fp32_out_addmm():
+    elif _has_fp32_out_addmm(dlogits.device.type):
         torch.addmm(grad_weight, dlogits.t(), hidden, out_dtype=torch.float32, out=grad_weight)
     else:
         grad_weight.add_(dlogits.t() @ hidden)
 
 
 @functools.cache
-def _has_fp32_out_addmm() -> bool:
+def _has_fp32_out_addmm(device_type: str) -> bool:
+    """Whether ``torch.addmm(..., out_dtype=float32)`` takes 16-bit operands on this device type."""
     try:
-        a = torch.zeros(16, 16, device="cuda", dtype=torch.bfloat16)
-        torch.addmm(torch.zeros(16, 16, device="cuda"), a, a, out_dtype=torch.float32)
+        a = torch.zeros(16, 16, device=device_type, dtype=torch.bfloat16)
+        torch.addmm(torch.zeros(16, 16, device=device_type), a, a, out_dtype=torch.float32)
     except (TypeError, RuntimeError, NotImplementedError):
-        logger.warning("torch.addmm has no fp32 out_dtype here: dW chunks are rounded to bf16/fp16 once each")
+        logger.warning(
+            "torch.addmm has no fp32 out_dtype on %s: dW chunks are rounded to bf16/fp16 once each",
+            device_type,
+        )
         return False
     return True
+
+
+def check_column_offsets(hidden: torch.Tensor, weight: torch.Tensor) -> None:
+    """The kernels' row offsets are 64-bit, their column (``H``-direction) offsets 32-bit."""
+    for name, t in (("hidden", hidden), ("weight", weight)):
+        if (t.shape[1] - 1) * t.stride(1) >= 2**31:
+            raise ValueError(
+                f"{name}: H x column stride = {t.shape[1]} x {t.stride(1)} passes 2^31 elements; "
+                f"pass {name}.contiguous() (rows of any stride are fine)"
+            )
 
 
 class TritonLinearLogprob(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, inv_temperature, valid, return_entropy, chunk_rows):
-        hidden = hidden.contiguous()
-        weight = weight.contiguous()
+        check_column_offsets(hidden, weight)
         row_max, log_sumexp, logprob, entropy = triton_forward(
             hidden, weight, targets, inv_temperature, return_entropy
         )
@@ -327,37 +396,37 @@ class TritonLinearLogprob(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_logprob, grad_entropy, _grad_max_logprob):
         hidden, weight, targets, inv_temperature, valid, row_max, log_sumexp, entropy = ctx.saved_tensors
-        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         g1, g2 = _row_grads(grad_logprob, grad_entropy, valid)
         if entropy is None or grad_entropy is None:
-            g2 = None  # entropy not asked for, or not part of the loss: skip its gradient terms
-        m = hidden.shape[0]
-        grad_hidden = torch.empty_like(hidden) if need_hidden else None
-        grad_weight = (
-            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight else None
-        )
-        chunk = min(ctx.chunk_rows, m)
-        dlogits = torch.empty((chunk, weight.shape[0]), dtype=hidden.dtype, device=hidden.device)
-        for start in range(0, m, chunk):
-            stop = min(start + chunk, m)
-            rows = slice(start, stop)
-            buf = dlogits[: stop - start]
-            triton_dlogits(
-                hidden[rows],
-                weight,
-                targets[rows],
-                inv_temperature[rows],
-                row_max[rows],
-                log_sumexp[rows],
-                None if g2 is None else entropy[rows],
-                g1[rows],
-                None if g2 is None else g2[rows],
-                buf,
-            )
-            if need_hidden:
-                torch.mm(buf, weight, out=grad_hidden[rows])
-            if need_weight:
-                _accumulate_weight_grad(grad_weight, buf, hidden[rows])
-        if need_weight:
+            entropy = g2 = None  # entropy not asked for, or not part of the loss: skip its gradient terms
+        grad_hidden, grad_weight = _chunked_grads(
+            hidden, weight, targets, inv_temperature, row_max, log_sumexp, entropy, g1, g2,
+            ctx.chunk_rows, *ctx.needs_input_grad[:2],
+        )  # fmt: skip
+        # The dlogits buffer is freed on return: the 16-bit dW copy never coexists with it.
+        if grad_weight is not None:
             grad_weight = grad_weight.to(weight.dtype)
         return grad_hidden, grad_weight, None, None, None, None, None
+
+
+def _chunked_grads(
+    hidden, weight, targets, inv_temperature, row_max, log_sumexp, entropy, g1, g2, chunk_rows, need_h, need_w
+):
+    """``(dH in the input dtype, dW in fp32)``, one ``[chunk, V]`` dlogits buffer at a time."""
+    m = hidden.shape[0]
+    grad_hidden = torch.empty_like(hidden, memory_format=torch.contiguous_format) if need_h else None
+    grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+    chunk = min(chunk_rows, m)
+    dlogits = torch.empty((chunk, weight.shape[0]), dtype=hidden.dtype, device=hidden.device)
+    for start in range(0, m, chunk):
+        rows = slice(start, min(start + chunk, m))
+        buf = dlogits[: rows.stop - start]
+        triton_dlogits(
+            hidden[rows], weight, targets[rows], inv_temperature[rows], row_max[rows], log_sumexp[rows],
+            None if entropy is None else entropy[rows], g1[rows], None if g2 is None else g2[rows], buf,
+        )  # fmt: skip
+        if need_h:
+            torch.mm(buf, weight, out=grad_hidden[rows])
+        if need_w:
+            _accumulate_weight_grad(grad_weight, buf, hidden[rows])
+    return grad_hidden, grad_weight

@@ -23,21 +23,31 @@ def row_stats(z: torch.Tensor, targets: torch.Tensor):
     """Return ``(row_max, log_sumexp, logprob, entropy)`` for fp32 logits ``z`` ``[m, V]``.
 
     Targets outside ``[0, V)`` (ignored rows) read column 0; callers mask those rows.
+    ``log_softmax`` computes ``(z - max) - log(sum exp(z - max))`` in one fused pass; its value
+    at the argmax is exactly ``-log_sumexp``, so no second reduction over ``exp`` is needed.
     """
     row_max = z.amax(dim=-1)
-    shifted = z - row_max[:, None]
-    log_sumexp = torch.log(torch.exp(shifted).sum(-1))
-    logp = shifted - log_sumexp[:, None]
-    entropy = -(logp.exp() * logp).sum(-1)
+    logp = torch.log_softmax(z, dim=-1)
+    log_sumexp = -logp.amax(dim=-1)
+    entropy = -_row_dot(logp.exp(), logp)
     safe = targets.clamp(0, z.shape[1] - 1)
     logprob = logp.gather(1, safe[:, None]).squeeze(1)
     return row_max, log_sumexp, logprob, entropy
 
 
 def logit_grad(z, targets, row_max, log_sumexp, entropy, g1, g2):
-    """Gradient of ``sum(g1 * logprob + g2 * entropy)`` with respect to ``z`` (fp32, ``[m, V]``)."""
-    logp = (z - row_max[:, None]) - log_sumexp[:, None]
-    grad = -logp.exp() * (g1[:, None] + g2[:, None] * (logp + entropy[:, None]))
+    """Gradient of ``sum(g1 * logprob + g2 * entropy)`` with respect to ``z`` (fp32, ``[m, V]``).
+
+    Overwrites ``z`` (the caller's recomputed logits) to keep one ``[m, V]`` temporary.
+    """
+    logp = z.sub_(row_max[:, None]).sub_(log_sumexp[:, None])
+    p = logp.exp()
+    grad = logp.add_(entropy[:, None]).mul_(g2[:, None]).add_(g1[:, None]).mul_(p).neg_()
     safe = targets.clamp(0, z.shape[1] - 1)
     grad.scatter_add_(1, safe[:, None], g1[:, None])
     return grad
+
+
+def _row_dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``(a * b).sum(-1)`` without an ``[m, V]`` temporary."""
+    return torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).reshape(a.shape[0])

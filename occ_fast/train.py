@@ -26,6 +26,7 @@ from rich.logging import RichHandler
 from rich.progress import Progress
 from transformers import PreTrainedTokenizerBase
 
+from occ_fast import threads
 from occ_fast.algorithm import (
     CoefficientLog,
     LossConfig,
@@ -185,6 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         console.print(f"[bold red]invalid configuration[/]\n{err}", soft_wrap=True)
         return 2
+    threads.apply()
     try:
         summary = train(cfg, console=console)
     except ConfigError as err:  # checks that need the process group (world size) or the run directory

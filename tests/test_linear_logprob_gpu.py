@@ -100,3 +100,28 @@ def test_no_host_synchronisation_in_forward_and_backward():
         torch.cuda.set_sync_debug_mode("default")
     torch.cuda.synchronize()
     assert torch.isfinite(hidden.grad.float()).all() and torch.isfinite(weight.grad.float()).all()
+
+
+def test_backward_peak_memory_within_the_model():
+    """Measured peak of one fwd+bwd stays within the model: inputs, grads, fp32 dW, one dlogits chunk."""
+    from occ_fast.kernels.logprob import default_chunk_rows
+    from occ_fast.kernels.roofline import backward_peak_bytes
+
+    m, h, v = 4096, 1024, 151_936
+    torch.manual_seed(2)
+    hidden = (torch.randn(m, h, device="cuda") / h**0.5).bfloat16().requires_grad_()
+    weight = torch.randn(v, h, device="cuda").bfloat16().requires_grad_()
+    targets = torch.randint(0, v, (m,), device="cuda")
+    chunk = 1024
+    out = linear_logprob(hidden, weight, targets, return_entropy=True, impl="triton", chunk_rows=chunk)
+    (out.logprob.sum() + out.entropy.sum()).backward()  # compile outside the measurement
+    hidden.grad = weight.grad = None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    out = linear_logprob(hidden, weight, targets, return_entropy=True, impl="triton", chunk_rows=chunk)
+    (out.logprob.sum() + out.entropy.sum()).backward()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    model = backward_peak_bytes(m, h, v, torch.bfloat16, chunk)
+    assert default_chunk_rows("triton", weight) >= chunk
+    assert peak <= model + 128 * 2**20, (peak / 1e9, model / 1e9)  # + row statistics, cuBLAS workspace

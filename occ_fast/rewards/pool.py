@@ -21,6 +21,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 
 import occ_fast
+from occ_fast import threads
 from occ_fast.rewards.result import RewardResult
 
 
@@ -157,7 +158,7 @@ def _child_env() -> dict[str, str]:
     root = str(Path(occ_fast.__file__).resolve().parent.parent)
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-    return env
+    return env | threads.WORKER_ENV
 
 
 def _kill_all(workers: list[_Worker]) -> None:

@@ -1,0 +1,121 @@
+"""``benchmarks/gpu_check.sh`` runs on a machine with only torch, triton, numpy and pytest.
+
+The script runs in a fresh virtual environment (no pip, no setuptools, no wheel) whose
+site-packages holds links to exactly those four distributions and what they require, with
+``GPU_CHECK_DRY_RUN=1`` (each step at its smallest). On this CPU machine it must get through
+every step, print the plain-text benchmark table and the compiled-code table, write the JSON
+results, and skip the GPU-only parts with a message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import sysconfig
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+ROOT = Path(__file__).resolve().parents[1]
+ALLOWED = ("torch", "triton", "numpy", "pytest")
+EXCLUDED = {"setuptools", "wheel", "pip"}  # some releases list them; the script must not need them
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def _closure(names) -> set[str]:
+    """The distributions ``names`` need at run time here (no extras), by their metadata."""
+    seen, todo = set(), list(names)
+    while todo:
+        name = canonicalize_name(todo.pop())
+        if name in seen or name in EXCLUDED:
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        seen.add(name)
+        for req in map(Requirement, dist.requires or []):
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return seen
+
+
+def _offline_venv(tmp: Path) -> Path:
+    venv = tmp / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = Path(
+        subprocess.run(
+            [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    )
+    here = Path(sysconfig.get_paths()["purelib"])
+    for name in _closure(ALLOWED):
+        tops = {Path(f).parts[0] for f in metadata.distribution(name).files or []}
+        for top in tops:
+            if (here / top).exists() and not (site / top).exists() and top != "..":
+                (site / top).symlink_to(here / top)
+    return venv
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the script and its venv layout are for Linux")
+def test_gpu_check_dry_run_in_a_bare_environment(tmp_path):
+    venv = _offline_venv(tmp_path)
+    python = venv / "bin" / "python"
+    for absent in ("setuptools", "wheel", "rich", "transformers", "hypothesis", "pip", "occ_fast"):
+        probe = subprocess.run([str(python), "-c", f"import {absent}"], capture_output=True, cwd=tmp_path)
+        assert probe.returncode != 0, f"{absent} is importable in the bare environment"
+    results = tmp_path / "results"
+    env = {
+        "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
+        "HOME": str(tmp_path),
+        "GPU_CHECK_DRY_RUN": "1",
+        "OCC_FAST_RESULTS_DIR": str(results),
+        "TRITON_CACHE_DIR": os.environ.get("TRITON_CACHE_DIR", str(Path.home() / ".triton" / "cache")),
+        "OUT": str(tmp_path / "out"),
+    }
+    (tmp_path / "out").mkdir()
+    run = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu_check.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    log = run.stdout + run.stderr
+    assert run.returncode == 0, log[-4000:]
+    assert "no CUDA device: GPU-only steps will be skipped" in log
+    assert "SKIPPED rl_steps: no CUDA device" in log
+    assert "| case | impl | mode | ms | TFLOP/s credited | TFLOP/s executed |" in log
+    assert "| sm_90 | forward_kernel | bf16 entropy=on |" in log
+    bench = json.loads(next(results.glob("linear_logprob-*/results.json")).read_text())
+    assert {r["impl"] for r in bench["rows"]} == {"torch_chunked"} and all(r["ms"] > 0 for r in bench["rows"])
+    compiled = json.loads((results / "kernel-compiled" / "results.json").read_text())
+    assert {k["kernel"] for k in compiled["kernels"]} == {"forward_kernel", "dlogits_kernel"}
+    assert (tmp_path / "out" / "kernel-compiled" / "summary.md").exists()
+
+
+def test_rl_steps_arguments_parse_into_the_advertised_run():
+    """The RL-steps benchmark's trainer flags are valid and give the run its docstring describes."""
+    import rl_steps
+
+    from occ_fast.config import parse_config
+
+    cfg = parse_config(rl_steps.train_args("detach", 3, Path("/nonexistent")))
+    tiny = cfg.model.tiny
+    assert (tiny.hidden_size, tiny.num_layers, tiny.num_heads, tiny.num_kv_heads, tiny.intermediate_size) == (
+        896, 24, 14, 2, 4864,
+    )  # fmt: skip
+    assert (cfg.model.dtype, cfg.model.attn_implementation, cfg.rollout.engine) == (
+        "bf16",
+        "sdpa",
+        "transformers",
+    )
+    assert (cfg.mtp.regime, cfg.train.steps, cfg.rollout.n, cfg.data.prompts_per_step) == ("detach", 3, 8, 16)

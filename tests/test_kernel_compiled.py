@@ -1,0 +1,124 @@
+"""The code a GPU would run: every kernel variant compiled ahead of time for sm_90 and sm_80.
+
+At the target shape (M = 32768 stacked rows, H = 4096, V = 151936), for both kernels, entropy on
+and off, bf16/fp16/fp32 and every tile the launcher may choose: tensor-core MMA (wgmma on sm_90,
+mma.sync on sm_80) with 16-bit operands (TF32 for fp32 inputs), no local-memory spill
+instruction, shared memory within the per-block limit, at least one CTA per SM, and 64-bit row
+offsets (``rows x stride`` passes 2^31 at this shape: the backward's dlogits chunk alone is
+3456 x 151936). Compiled by ``python -m occ_fast.kernels.inspect`` in fresh processes (the test
+session runs the Triton interpreter, which replaces the kernels), one per architecture.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from occ_fast.kernels import tiling
+
+ARCHS = (90, 80)
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+OPERANDS = {"bf16": "bf16xbf16", "fp16": "f16xf16", "fp32": "tf32xtf32"}
+TARGET_ROWS = 32768
+
+
+@pytest.fixture(scope="module")
+def compiled() -> list[dict]:
+    pytest.importorskip("triton.backends.nvidia", reason="Triton's NVIDIA backend is not installed")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-W",
+                "ignore",
+                "-m",
+                "occ_fast.kernels.inspect",
+                "--arch",
+                str(arch),
+                "--dtype",
+                *DTYPES,
+                "--all-tiles",
+                "--json",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )  # fmt: skip
+        for arch in ARCHS
+    ]
+    rows = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=600)
+        assert out.strip(), err[-3000:]
+        rows += json.loads(out)
+    from occ_fast.kernels.compiled import CompiledReport
+    from occ_fast.kernels.inspect import table
+
+    print("\n" + table([CompiledReport(**{k: v for k, v in r.items() if k != "problems"}) for r in rows]))
+    return rows
+
+
+def test_every_launched_variant_is_compiled(compiled):
+    got = {
+        (r["arch"], r["kernel"], r["variant"].split()[0], r["variant"].split()[1], r["tile"])
+        for r in compiled
+    }
+    for arch in ARCHS:
+        for name, dtype in DTYPES.items():
+            tiles = tiling.candidates(arch, dtype)
+            assert (
+                tiling.choose(arch, TARGET_ROWS, dtype) in tiles and tiling.choose(arch, 64, dtype) in tiles
+            )
+            for t in tiles:
+                tile = f"{t.block_m}x{t.block_v}x{t.block_k} w{t.num_warps} s{t.num_stages}"
+                for kernel in ("forward_kernel", "dlogits_kernel"):
+                    for entropy in ("entropy=on", "entropy=off"):
+                        assert (arch, kernel, name, entropy, tile) in got
+
+
+def test_tensor_core_mma_with_narrow_operands(compiled):
+    for r in compiled:
+        want = "wgmma" if r["arch"] >= 90 else "mma.sync"
+        operands = OPERANDS[r["variant"].split()[0]]
+        assert r["mma"], f"no MMA in {r['kernel']} {r['variant']} sm_{r['arch']}"
+        for instr in r["mma"]:
+            assert instr.startswith(want) and instr.endswith(operands), (r["arch"], r["variant"], instr)
+
+
+def test_no_register_spills(compiled):
+    for r in compiled:
+        where = f"{r['kernel']} {r['variant']} {r['tile']} sm_{r['arch']}"
+        assert r["spill_stores"] == 0 and r["spill_loads"] == 0 and r["stack_bytes"] == 0, where
+        assert r["registers"] <= 255, where
+
+
+def test_shared_memory_and_occupancy(compiled):
+    for r in compiled:
+        assert 0 < r["shared_bytes"] <= r["shared_limit"], (r["kernel"], r["variant"], r["tile"])
+        assert r["ctas_per_sm"] >= 1
+
+
+def test_row_offsets_are_64_bit(compiled):
+    """Hidden and weight row offsets (and the dlogits store) in int64: none left in int32."""
+    for r in compiled:
+        wanted = 3 if r["kernel"] == "dlogits_kernel" else 2
+        assert r["row_offsets_64"] >= wanted and r["row_offsets_32"] == 0, (r["kernel"], r["variant"])
+
+
+def test_committed_table_is_current(compiled):
+    """benchmarks/results/kernel-compiled (shown in the README) is what this Triton compiles now."""
+    import triton
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "results" / "kernel-compiled" / "results.json"
+    committed = json.loads(path.read_text())
+    if committed["triton"] != triton.__version__:
+        pytest.skip(f"results written with triton {committed['triton']}, this is {triton.__version__}")
+    assert committed["kernels"] == [{k: v for k, v in r.items() if k != "problems"} for r in compiled]
