@@ -72,6 +72,7 @@ from occ_fast.sharded_checkpoint import (
     load_sharded_checkpoint,
     save_sharded_checkpoint,
 )
+from occ_fast.spec_forecast import draft_counts, forecast
 
 logger = logging.getLogger("occ_fast")
 
@@ -469,6 +470,7 @@ class UpdateStats:
             }
         if self.grad_norms:
             out["optim/grad_norm"] = float(torch.stack([g.cpu() for g in self.grad_norms]).mean())
+        out |= forecast(self.sums)
         out["optim/nan_skipped"] = self.nan_skipped
         out["optim/padding_micro_batches"] = self.padding_micro_batches
         return out
@@ -553,6 +555,8 @@ def update_mini_batch(
             hit = (out.heads[1].logprob >= out.heads[1].max_logprob - 1e-6) & valid
             stats.add("mtp/hits", hit.sum())
             stats.add("count/mtp_rows", valid.sum())
+            for key, value in draft_counts(out).items():  # the speculative-decoding forecast
+                stats.add(key, value)
             stats.add("mtp/c_hat", metrics["mtp1/c_hat"] / real_micros)
             stats.add("mtp/v2_hat", metrics["mtp1/v2_hat"] / real_micros)
             stats.lams.append(metrics["mtp1/lam"].detach())

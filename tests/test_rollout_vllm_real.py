@@ -8,8 +8,10 @@ a bfloat16 one with tied embeddings. Only sleep mode (GPU-only) is left to tests
 
 from __future__ import annotations
 
+import json
 import os
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,6 +108,14 @@ def walk(model: MTPModel, results, n: int = 1) -> dict[str, int]:
                 a += 1
             drafts, accepted, t = drafts + 1, accepted + a, t + a + 1
     return {"drafts": drafts, "draft_tokens": n * drafts, "accepted_tokens": accepted}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def write_figures():
+    """With ``OCC_FAST_VLLM_FIGURES=PATH`` (benchmarks/vllm_cpu.py), the figures measured here go to PATH."""
+    yield
+    if path := os.environ.get("OCC_FAST_VLLM_FIGURES"):
+        Path(path).write_text(json.dumps(FIGURES, indent=2, sort_keys=True) + "\n")
 
 
 def start_engine(name: str, path, **kwargs) -> VLLMEngine:
