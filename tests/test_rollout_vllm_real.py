@@ -47,10 +47,14 @@ PROMPTS = [[5, 17, 3, 99], [22, 4, 9, 1, 250, 7], [300, 301], [11, 12, 13, 14, 1
 FIGURES: dict = {}  # measured here; benchmarks/vllm_cpu.py writes them out
 
 
+LOGIT_SCALE = 0.03
+
+
 def tiny_model(seed: int, *, num_mtp: int = 1, tie: bool = False, naming: str = "mimo") -> MTPModel:
     """A random Qwen2 built to have real signal: unit-scale embeddings dominate the residual stream
     and, untied, ``lm_head`` maps token u's direction to token ``perm(u)``, so the trunk's greedy
-    continuation follows a random permutation. Each MTP depth mixes the trunk state and the token
+    continuation follows a random permutation; logits are scaled to a spread of a few units, so that
+    sampled tokens have log-probs well below 0 (LOGIT_SCALE; tied, through the final norm). Each MTP depth mixes the trunk state and the token
     embedding equally (``P = [I, I]``), so its argmax is the right token about half the time. The
     final-norm weights are spread over [0.3, 2.3] (the final MTP norm gets the same), so that the
     MTP input convention (before or after that norm) changes the drafts. Weights hold bf16 values, so
@@ -63,9 +67,9 @@ def tiny_model(seed: int, *, num_mtp: int = 1, tie: bool = False, naming: str = 
         embed = torch.randn(vocab, hidden)
         spread = 0.3 + 2.0 * torch.rand(hidden)
         base.model.embed_tokens.weight.copy_(embed)
-        base.model.norm.weight.copy_(spread)
+        base.model.norm.weight.copy_(spread * (LOGIT_SCALE if tie else 1.0))
         if not tie:
-            base.lm_head.weight[torch.randperm(vocab)] = embed / spread
+            base.lm_head.weight[torch.randperm(vocab)] = embed / spread * LOGIT_SCALE
         for layer in model.mtp:
             layer.input_proj.weight.copy_(torch.cat([torch.eye(hidden), torch.eye(hidden)], dim=1))
             layer.final_layernorm.weight.copy_(spread)
@@ -186,6 +190,8 @@ def test_generation_from_token_ids_is_prompt_major_seeded_and_scored_like_the_tr
     diff = _max_diff([r.logprobs for r in results], trainer_logprobs(model, results, SAMPLED.temperature))
     FIGURES[f"logprob_max_abs_diff/{dtype}"] = diff
     FIGURES[f"logprob_tokens/{dtype}"] = sum(len(r.token_ids) for r in results)
+    FIGURES[f"logprob_mean/{dtype}"] = float(torch.cat([r.logprobs for r in results]).mean())
+    assert FIGURES[f"logprob_mean/{dtype}"] < -0.5  # real uncertainty, not point masses
     assert diff < tolerance  # the engine vs the trainer's fp32 forward, on the same (bf16-valued) weights
 
 
