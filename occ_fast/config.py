@@ -162,7 +162,7 @@ class RolloutConfig:
     speculative: Literal["none", "mtp"] = "none"
     """vLLM: 'mtp' drafts with the jointly trained MTP heads (speculative decoding); acceptance is logged."""
     num_speculative_tokens: int = 1
-    """vLLM: draft tokens per step when rollout.speculative='mtp'."""
+    """vLLM: draft tokens per step when rollout.speculative='mtp' (MiMo-format heads draft 1: vLLM's MiMo drafter runs depth 1 only, more is capped with a warning)."""
     sleep_level: Literal[1, 2] = 1
     """vLLM sleep mode between rollouts: 1 offloads weights to CPU, 2 discards them (re-sent by the sync)."""
     sync_check_threshold: float = 0.1

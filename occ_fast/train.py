@@ -97,6 +97,7 @@ from occ_fast.sharded_checkpoint import (
     load_sharded_checkpoint,
     save_sharded_checkpoint,
 )
+from occ_fast.spec_forecast import draft_counts, forecast
 
 logger = logging.getLogger("occ_fast")
 
@@ -558,6 +559,7 @@ class UpdateStats:
             out["optim/grad_norm"] = float(torch.stack([g.cpu() for g in self.grad_norms]).mean())
         elif self.nan_skipped:  # every update skipped: the norm that stopped them (metrics.jsonl: null)
             out["optim/grad_norm"] = self.bad_grad_norm
+        out |= forecast(self.sums)
         out["optim/nan_skipped"] = self.nan_skipped
         out["optim/padding_micro_batches"] = self.padding_micro_batches
         return out
@@ -648,6 +650,8 @@ def update_mini_batch(
             hit = (out.heads[1].logprob >= out.heads[1].max_logprob - 1e-6) & valid
             stats.add("mtp/hits", hit.sum())
             stats.add("count/mtp_rows", valid.sum())
+            for key, value in draft_counts(out).items():  # the speculative-decoding forecast
+                stats.add(key, value)
             stats.add("mtp/c_hat", metrics["mtp1/c_hat"] / real_micros)
             stats.add("mtp/v2_hat", metrics["mtp1/v2_hat"] / real_micros)
             first = stats.optimizer_steps + stats.nan_skipped == 0  # the rollout weights: lam is 0

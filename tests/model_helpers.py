@@ -168,22 +168,32 @@ def decoder_layer(p: dict, x: torch.Tensor, positions: torch.Tensor, config) -> 
 
 @torch.no_grad()
 def reference_mtp(model: MTPModel, seq: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Trunk hidden ``[L, H]`` (HF's own decoder) and, per depth k, MTP outputs ``[L - k, H]`` for one
-    unpadded sequence: ``z_i = P [norm_h(h_i); norm_e(E[s_{i+k}])]``, one causal layer at positions
-    ``i + k``, ``o = norm_f(u)``; depth k consumes depth k-1's output."""
+    """Trunk hidden ``[L, H]`` after the final norm and, per depth k, MTP outputs ``[L - k, H]`` for one
+    unpadded sequence, written from MiMo's MTP layer definition (vLLM's ``MiMoMultiTokenPredictorLayer``):
+    ``e = token_layernorm(E[s_{i+k}])`` (zero embedding on the row at position 0 for depth 1),
+    ``h = hidden_layernorm(h_i)``, ``z = input_proj(cat[h, e])``, one causal decoder layer at positions
+    ``i + k``, ``o = final_layernorm(u)``; depth k+1 consumes depth k's ``o``. Depth 1 reads the trunk's
+    last decoder-layer output before the final norm for MiMo naming, after it for DeepSeek naming.
+    The trunk runs here too, layer by layer, from the embedding."""
     base, config = model.base, model.base.config
-    trunk = base.model(input_ids=seq[None]).last_hidden_state[0]
     embed = base.model.embed_tokens.weight
     eps, length = config.rms_norm_eps, len(seq)
-    previous, outs = trunk, []
+    x = embed[seq]
+    for trunk_layer in base.model.layers:
+        x = decoder_layer(dict(trunk_layer.state_dict()), x, torch.arange(length), config)
+    trunk = rms_norm(x, base.model.norm.weight, eps)
+    previous, outs = (x if model.naming == "mimo" else trunk), []
     for k, layer in enumerate(model.mtp, start=1):
         p = {name: t.detach() for name, t in layer.state_dict().items()}
         rows = length - k
+        tokens = embed[seq[k:]].clone()
+        if k == 1:
+            tokens[0] = 0.0  # the row at position 0
         z = (
             torch.cat(
                 [
                     rms_norm(previous[:rows], p["hidden_layernorm.weight"], eps),
-                    rms_norm(embed[seq[k:]], p["token_layernorm.weight"], eps),
+                    rms_norm(tokens, p["token_layernorm.weight"], eps),
                 ],
                 -1,
             )

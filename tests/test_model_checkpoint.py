@@ -8,6 +8,7 @@ import torch
 from model_helpers import make_sequences, packed_batch, tiny_base, tiny_mtp_model
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
+from transformers import AutoConfig, AutoModelForCausalLM
 
 from occ_fast.model import MTPCheckpointError, load_mtp_model, save_mtp_model
 
@@ -51,7 +52,7 @@ def test_loads_a_mimo_checkpoint_hidden_first(tmp_path):
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama"])
 def test_loads_a_deepseek_checkpoint_embedding_first(tmp_path, arch):
-    model = tiny_mtp_model(arch, num_mtp=1)
+    model = tiny_mtp_model(arch, num_mtp=1, naming="deepseek")  # the format fixes the MTP input state
     state, hidden = model.mtp[0].state_dict(), model.base.config.hidden_size
     p = state["input_proj.weight"]
     ours = {"hidden_layernorm": "hnorm", "token_layernorm": "enorm", "final_layernorm": "shared_head.norm"}
@@ -80,15 +81,27 @@ def test_save_then_load_round_trip(tmp_path, naming, num_mtp):
     assert config["num_nextn_predict_layers"] == num_mtp
     with safe_open(tmp_path / "model.safetensors", "pt") as f:
         keys = set(f.keys())
+    # transformers and vLLM know qwen2; the architecture is what makes vLLM pick its MiMo MTP drafter.
+    assert config["model_type"] == "qwen2"
     if naming == "mimo":
-        assert config["model_type"] == "mimo" and config["architectures"] == ["MiMoForCausalLM"]
+        assert config["architectures"] == ["MiMoForCausalLM"]
         assert f"model.mtp_layers.{num_mtp - 1}.input_proj.weight" in keys
     else:
-        assert config["model_type"] == "qwen2"
         assert {"model.layers.3.eh_proj.weight", "model.layers.3.shared_head.norm.weight"} <= keys
     loaded = load_mtp_model(tmp_path)
     assert (loaded.naming, loaded.num_mtp) == (naming, num_mtp)
     _assert_same_outputs(model, loaded)
+
+
+def test_a_mimo_export_opens_with_transformers_auto_classes(tmp_path):
+    model = tiny_mtp_model("qwen2", num_mtp=2, naming="mimo")
+    save_mtp_model(model, tmp_path)
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert config.num_nextn_predict_layers == 2 and config.architectures == ["MiMoForCausalLM"]
+    trunk = AutoModelForCausalLM.from_pretrained(tmp_path).eval()
+    ids = torch.tensor([[3, 1, 4, 1, 5, 9]])
+    with torch.no_grad():
+        torch.testing.assert_close(trunk(ids).logits, model.base(ids).logits)
 
 
 def test_fresh_heads_for_a_checkpoint_without_mtp_and_their_round_trip(tmp_path, caplog):

@@ -1,19 +1,22 @@
-"""The vLLM rollout engine.
+"""The vLLM rollout engine, the parts that need no vLLM.
 
-Everything that does not need vLLM runs everywhere: the weight-sync check, bucketing, the MTP names
-handed to vLLM's drafter, the sampling/engine keywords, the conversion of vLLM outputs, acceptance
-statistics and the missing-vLLM error. The real-engine tests at the bottom need vLLM and a CUDA
-device and are skipped otherwise (vLLM cannot be installed on the CPU machines).
+The weight-sync check, bucketing, the MTP names handed to vLLM's drafter, tied-weight aliases, the
+drafter lookup in either model runner, version floors, the MTP draft formats, the sampling/engine
+keywords, the conversion of vLLM outputs, acceptance statistics and the missing-vLLM error. The
+stand-ins for vLLM objects here mirror the real ones, which tests/test_rollout_vllm_real.py runs on
+vLLM's CPU build; sleep mode, which only a GPU platform has, is tested at the bottom (skipped on CPU).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import sys
 from types import SimpleNamespace as NS
 
 import pytest
 import torch
-from model_helpers import tiny_mtp_model
+from model_helpers import small_qwen2_mtp, tiny_mtp_model
 from safetensors.torch import load_file
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -26,11 +29,15 @@ from occ_fast.rollout.vllm_engine import (
     acceptance_stats,
     bucketed,
     check_logprobs_agree,
+    check_version,
+    draft_model,
     drafter_weights,
     llm_kwargs,
+    mtp_draft_tokens,
     sampling_kwargs,
     spec_counters,
     to_results,
+    unique_tensors,
 )
 
 # ---- the weight-sync check -------------------------------------------------------------------
@@ -131,6 +138,62 @@ def test_drafter_weights_of_deepseek_naming_swap_the_projection_halves():
     torch.testing.assert_close(sent, torch.cat([ours[:, half:], ours[:, :half]], dim=1))
 
 
+def test_a_tied_weight_is_sent_once_under_its_first_name():
+    """vLLM loads a tied weight once: its alias in a later bucket raises (new vLLM) or is skipped."""
+    tied = small_qwen2_mtp(vocab=64, num_mtp=1, tie=True)
+    names = [n for n, _ in unique_tensors(tied.base)]
+    assert "model.embed_tokens.weight" in names and "lm_head.weight" not in names
+    assert len(names) == len(set(names)) == len(tied.base.state_dict()) - 1
+    assert "lm_head.weight" not in dict(drafter_weights(tied))
+    untied = small_qwen2_mtp(vocab=64, num_mtp=1, tie=False)
+    assert [n for n, _ in unique_tensors(untied.base)] == list(untied.base.state_dict())
+
+
+def test_the_drafter_model_is_found_in_either_model_runner():
+    model = torch.nn.Linear(1, 1)
+    v2 = NS(get_draft_model=lambda: model)  # V2 runner: no drafter attribute
+    v1_old = NS(drafter=NS(model=model))  # V1 runner before get_draft_model existed
+    assert draft_model(v2) is model and draft_model(v1_old) is model
+    for runner in (NS(get_draft_model=lambda: None), NS(drafter=None), NS()):
+        with pytest.raises(WeightSyncError, match="no MTP drafter model"):
+            draft_model(runner)
+
+
+@pytest.mark.parametrize(
+    ("version", "speculative", "ok"),
+    [
+        ("0.10.1", "none", False),
+        ("0.10.2", "none", True),
+        ("0.11.0", "mtp", False),  # method "mtp" accepted, log-probs of drafted tokens wrong
+        ("0.11.1", "mtp", True),
+        ("0.11.1rc2.dev5+gabc", "mtp", True),
+        ("0.32.0+cpu", "mtp", True),
+    ],
+)
+def test_vllm_version_floors(version, speculative, ok):
+    if ok:
+        check_version(version, speculative)
+    else:
+        with pytest.raises(ImportError, match=rf"vLLM {version} is too old.*>= 0\.1"):
+            check_version(version, speculative)
+
+
+def test_mtp_drafts_only_from_formats_vllm_drafts_with(tmp_path, caplog):
+    for naming in ("mimo", "deepseek"):
+        save_mtp_model(tiny_mtp_model(num_mtp=2, naming=naming), tmp_path / naming)
+    mimo = json.loads((tmp_path / "mimo" / "config.json").read_text())
+    with caplog.at_level(logging.WARNING):
+        assert mtp_draft_tokens(mimo, 3, "m") == 1  # vLLM's MiMo drafter runs depth 1 only
+    assert "capped to 1" in caplog.text
+    assert mtp_draft_tokens(mimo, 1, "m") == 1
+    deepseek_on_qwen2 = json.loads((tmp_path / "deepseek" / "config.json").read_text())
+    with pytest.raises(ValueError, match="model_type 'qwen2'.*model.naming mimo"):
+        mtp_draft_tokens(deepseek_on_qwen2, 1, "d")
+    assert mtp_draft_tokens({**deepseek_on_qwen2, "model_type": "deepseek_v3"}, 3, "d") == 3
+    with pytest.raises(ValueError, match="no MTP heads"):
+        mtp_draft_tokens({**mimo, "num_nextn_predict_layers": 0}, 1, "m")
+
+
 # ---- sampling parameters and engine keywords -------------------------------------------------
 
 
@@ -152,9 +215,23 @@ def test_sampling_keywords_stop_only_on_our_eos_and_return_the_sampled_log_prob(
     assert sampling_kwargs(SamplingParams(max_new_tokens=1, top_k=20), 0)["top_k"] == 20
 
 
+_LLM = dict(
+    gpu_memory_utilization=0.4,
+    max_model_len=8,
+    seed=0,
+    speculative="none",
+    num_speculative_tokens=1,
+    torchrun=False,
+)
+
+
 @pytest.mark.parametrize("torchrun", [False, True])
 @pytest.mark.parametrize("speculative", ["none", "mtp"])
 def test_llm_keywords(torchrun, speculative):
+    assert llm_kwargs("/m", **_LLM, sleep_mode=False, dtype="float32") | {
+        "enable_sleep_mode": True,
+        "dtype": "bfloat16",
+    } == llm_kwargs("/m", **_LLM)
     kw = llm_kwargs(
         "/m",
         gpu_memory_utilization=0.4,
@@ -284,45 +361,30 @@ def test_bad_arguments_are_named_before_vllm_is_needed(tmp_path):
         VLLMEngine(tmp_path, sleep_level=3)
 
 
-# ---- the real engine (vLLM + CUDA only) ------------------------------------------------------
-
-GPU_CONFIG = dict(
-    vocab_size=512,
-    hidden_size=256,
-    intermediate_size=512,
-    num_hidden_layers=2,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=512,
-    tie_word_embeddings=False,
-    torch_dtype="bfloat16",
-)
-
-
-def _gpu_model(seed: int) -> MTPModel:
-    torch.manual_seed(seed)
-    base = Qwen2ForCausalLM(Qwen2Config(**GPU_CONFIG)).to(torch.bfloat16)
-    model = MTPModel.from_base(base, 1, attn_implementation="sdpa", naming="mimo")
-    return model.cuda().eval()
-
-
-def _trainer_logprobs(model: MTPModel, result, temperature: float) -> torch.Tensor:
-    """The trainer's log-probs of a completion's tokens at ``temperature`` (as processed log-probs are)."""
-    ids = torch.tensor([result.prompt_token_ids + result.token_ids], device="cuda")
-    with torch.no_grad():
-        logits = model.base(input_ids=ids).logits[0].float() / temperature
-    start = len(result.prompt_token_ids) - 1
-    lp = logits[start : start + len(result.token_ids)].log_softmax(-1)
-    return lp.gather(-1, torch.tensor(result.token_ids, device="cuda")[:, None]).squeeze(-1).cpu()
+# ---- sleep mode: the real engine on a platform that has it (CUDA) --------------------------
+# Everything else runs against the real CPU engine in tests/test_rollout_vllm_real.py.
 
 
 @pytest.fixture(scope="module")
-def gpu_engine(tmp_path_factory):
+def sleeping_engine(tmp_path_factory):
     pytest.importorskip("vllm")
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_sleep_mode_available():
+        pytest.skip("vLLM sleep mode needs a GPU platform")
     path = tmp_path_factory.mktemp("tiny")
-    model = _gpu_model(seed=0)
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=512,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=False,
+    )
+    model = MTPModel.from_base(Qwen2ForCausalLM(config).to(torch.bfloat16), 1, attn_implementation="sdpa")
+    model = model.cuda().eval()
     model.base.save_pretrained(path)
     engine = VLLMEngine(
         path, gpu_memory_utilization=0.3, max_model_len=256, engine_kwargs={"enforce_eager": True}
@@ -331,64 +393,18 @@ def gpu_engine(tmp_path_factory):
 
 
 @pytest.mark.gpu
-def test_generate_matches_the_trainer_and_sleeps(gpu_engine):
-    engine, model = gpu_engine
-    params = SamplingParams(max_new_tokens=12, temperature=0.8, n=3, seed=1, eos_token_ids=(7,))
-    results = engine.generate([[5, 17, 3], [22, 4, 9, 1]], params)
-    assert [(r.prompt_index, r.sample_index) for r in results] == [(p, s) for p in range(2) for s in range(3)]
-    assert engine._awake == set()  # asleep after the rollout
-    for r in results:
-        assert len(r.logprobs) == len(r.token_ids) and r.finish_reason in ("eos", "length")
-        if r.finish_reason == "eos":
-            assert r.token_ids[-1] == 7
-    engine_lp = [r.logprobs for r in results]
-    trainer_lp = [_trainer_logprobs(model, r, params.temperature) for r in results]
-    assert check_logprobs_agree(engine_lp, trainer_lp, threshold=0.05) < 0.05
-    again = engine.generate([[5, 17, 3], [22, 4, 9, 1]], params)
-    assert [r.token_ids for r in again] == [r.token_ids for r in results]  # seeded
-
-
-@pytest.mark.gpu
-def test_sync_moves_new_weights_in_and_the_probe_catches_a_skipped_sync(gpu_engine):
-    engine, _ = gpu_engine
-    other = _gpu_model(seed=1)
-    engine._wake("weights")
-    with pytest.raises(WeightSyncError, match="not sampling from the trainer's"):
-        engine._probe(other.base)  # the engine still holds the first model's weights
-    engine.sync_weights(other)
-    assert (
-        engine.last_sync_logprob_diff is not None and engine.last_sync_logprob_diff < engine.check_threshold
-    )
-    results = engine.generate([[3, 1, 4, 1, 5]], SamplingParams(max_new_tokens=8, n=2, seed=0))
-    trainer_lp = [_trainer_logprobs(other, r, 1.0) for r in results]
-    assert check_logprobs_agree([r.logprobs for r in results], trainer_lp, threshold=0.05) < 0.05
-
-
-@pytest.mark.gpu
-def test_level_2_sleep_demands_a_sync_before_the_next_rollout(gpu_engine):
-    engine, model = gpu_engine
+def test_level_1_sleep_after_each_rollout_and_level_2_demands_a_sync(sleeping_engine):
+    engine, model = sleeping_engine
+    params = SamplingParams(max_new_tokens=4, seed=0)
+    engine.generate([[1, 2, 3]], params)
+    assert engine.sleep_mode and engine._awake == set()  # asleep after the rollout
     engine.sleep_level = 2
     try:
-        params = SamplingParams(max_new_tokens=4, seed=0)
         engine.generate([[1, 2, 3]], params)
         with pytest.raises(WeightSyncError, match="call sync_weights"):
             engine.generate([[1, 2, 3]], params)
         engine.sync_weights(model)
+        assert engine.last_sync_logprob_diff < engine.check_threshold
         assert len(engine.generate([[1, 2, 3]], params)) == 1
     finally:
         engine.sleep_level = 1
-
-
-@pytest.mark.gpu
-def test_mtp_speculative_rollouts_report_acceptance_and_sync_the_drafter(tmp_path):
-    pytest.importorskip("vllm")
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
-    model = _gpu_model(seed=2)
-    save_mtp_model(model, tmp_path)  # MiMo naming and config: vLLM's MiMo MTP drafter
-    engine = VLLMEngine(tmp_path, gpu_memory_utilization=0.3, max_model_len=256, speculative="mtp")
-    params = SamplingParams(max_new_tokens=32, temperature=1.0, n=2, seed=0)
-    engine.generate([[5, 6, 7, 8]], params)
-    assert 0.0 <= engine.last_spec_stats["acceptance_rate"] <= 1.0
-    engine.sync_weights(model)
-    assert engine.last_sync_logprob_diff < engine.check_threshold

