@@ -239,10 +239,8 @@ def train(cfg: Config, *, console: Console | None = None) -> Summary:
             run.metrics.plot(PLOTS, PLOT_YLABELS)
             run.metrics.close()
         run.scorer.close()
-        if run.sharded:
-            export_hf(
-                run.model, cfg.run_dir / "model", tokenizer=run.tokenizer
-            )  # gathered, written by rank 0
+        if run.sharded:  # gathered, written by rank 0
+            export_hf(run.model, cfg.run_dir / "model", tokenizer=run.tokenizer)
         else:
             save_mtp_model(run.model, cfg.run_dir / "model", tokenizer=run.tokenizer)
     return summarize(run)
@@ -710,13 +708,13 @@ def setup(cfg: Config, console: Console) -> Run:
         logger.setLevel(logging.WARNING)
     run_dir = cfg.run_dir
     checkpoint = resolve_resume(cfg)
-    if info.is_main:
-        ensure_writable(run_dir)
     saved_config = checkpoint.parent.parent / "config.yaml" if checkpoint is not None else None
     changes = config_changes(saved_config, cfg) if saved_config is not None and saved_config.is_file() else []
     barrier()  # every rank has looked at the run directory before rank 0 writes into it
     records = train_records(cfg)  # bad data fails here, before the model is built
     check_answers(cfg.reward.fn, records)
+    if info.is_main:
+        ensure_writable(run_dir)
     scorer = RewardScorer(cfg.reward.fn, num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s)
     torch.manual_seed(cfg.train.seed)
     tokenizer = build_tokenizer(cfg)
