@@ -114,8 +114,7 @@ def resumed(out, source: str, name: str, steps: int, nproc: int | None = None) -
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """2 steps on 2 ranks, continued to 3 on 2 ranks and in one process (its sharded checkpoint
-    resharded); the single-process runs, 2 steps and 3 uninterrupted, are the references."""
+    """2 steps on 2 ranks, and the same 2 steps in one process."""
     out = tmp_path_factory.mktemp("dp")
     done = torchrun(argv(out, "dp", 2))
     if done.returncode != 0:
@@ -123,16 +122,25 @@ def runs(tmp_path_factory):
     with pytest.MonkeyPatch.context() as monkeypatch:
         seeded_rollouts.install(monkeypatch)
         train(parse_config(argv(out, "single", 2)))
-        train(parse_config(argv(out, "single-3", 3)))
-        resumed(out, "dp", "dp-on-1", 3)
-    resumed(out, "dp", "dp-on-2", 3, nproc=2)
     return out, done
 
 
-def test_runs_have_reward_variance(runs):
-    """Non-zero advantages at every step: the comparisons below see a real gradient."""
+@pytest.fixture(scope="module")
+def resumes(runs):
+    """The 2-rank run continued to 3 steps on 2 ranks and in one process (its sharded checkpoint
+    resharded), and the reference: 3 uninterrupted steps in one process."""
     out, _ = runs
-    for m in metrics(out / "single-3"):
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        seeded_rollouts.install(monkeypatch)
+        train(parse_config(argv(out, "single-3", 3)))
+        resumed(out, "dp", "dp-on-1", 3)
+    resumed(out, "dp", "dp-on-2", 3, nproc=2)
+    return out
+
+
+def test_runs_have_reward_variance(resumes):
+    """Non-zero advantages at every step: the comparisons below see a real gradient."""
+    for m in metrics(resumes / "single-3"):
         assert m["reward/zero_std_groups"] < 8, m
         assert m["optim/grad_norm"] > 0 and m["policy/loss"] != 0, m
 
@@ -142,6 +150,7 @@ def test_two_ranks_train_like_one_process(runs):
     dp, single = metrics(out / "dp"), metrics(out / "single")
     assert [m["step"] for m in dp] == [0, 1]  # rank 0 alone writes, one line per step
     assert sum(m["optim/padding_micro_batches"] for m in dp) >= 1  # the padding path ran
+    assert all(m["reward/zero_std_groups"] < 8 and m["policy/loss"] != 0 for m in single)  # a signal
     for got, want in zip(dp, single):
         for key in COMPARED:
             assert (key in got) == (key in want), key
@@ -168,8 +177,8 @@ def test_two_rank_run_writes_sharded_checkpoints_and_a_full_export(runs):
 
 
 @pytest.mark.parametrize("name", ["dp-on-2", "dp-on-1"])
-def test_two_rank_checkpoint_resumes_on_two_ranks_or_one(runs, name):
-    out, _ = runs
+def test_two_rank_checkpoint_resumes_on_two_ranks_or_one(resumes, name):
+    out = resumes
     got_metrics, want_metrics = metrics(out / name), metrics(out / "single-3")
     assert [m["step"] for m in got_metrics] == [0, 1, 2]
     for key in COMPARED:

@@ -1,7 +1,7 @@
 """Mutation check of the core: apply each curated mutant to a copy of the tree, run its tests.
 
     python tests/mutation/run.py                 # every mutant; writes benchmarks/results/mutation/
-    python tests/mutation/run.py --only T1 K6    # some of them (results not written)
+    python tests/mutation/run.py --only T1 K6    # some of them; their rows in the results are updated
     python tests/mutation/run.py --list          # the mutants and their tests
 
 The working tree is never edited: the tracked and untracked (not ignored) files are copied once to
@@ -124,6 +124,30 @@ def summary_markdown(rows: list[dict], minutes: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_results(rows: list[dict], minutes: float, *, update: bool) -> None:
+    """results.json and summary.md; with ``update``, replace only these mutants' rows of the last
+    full run (nothing is written without one)."""
+    path = RESULTS / "results.json"
+    if update:
+        if not path.is_file():
+            return
+        previous = json.loads(path.read_text())
+        fresh = {r["id"]: r for r in rows}
+        rows = [fresh.get(r["id"], r) for r in previous["mutants"]]
+        minutes += previous["minutes"]
+    counted = [r for r in rows if r["status"] in ("killed", "survived")]
+    payload = {
+        "killed": sum(r["status"] == "killed" for r in counted),
+        "counted": len(counted),
+        "minutes": round(minutes, 1),
+        "mutants": rows,
+        "equivalent": [{"id": m.id, "what": m.what, "why": m.equivalent} for m in EQUIVALENT],
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2) + "\n")
+    (RESULTS / "summary.md").write_text(summary_markdown(rows, minutes))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -177,12 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     stale = [r["id"] for r in rows if r["status"] == "stale"]
     print(f"\nscore {killed}/{len(counted)}; survivors: {survivors or 'none'}; stale: {stale or 'none'}")
     print(f"equivalent (not run): {[m.id for m in EQUIVALENT]}; {minutes:.1f} min")
-    if not args.only:
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        payload = {"killed": killed, "counted": len(counted), "minutes": round(minutes, 1), "mutants": rows}
-        payload["equivalent"] = [{"id": m.id, "what": m.what, "why": m.equivalent} for m in EQUIVALENT]
-        (RESULTS / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
-        (RESULTS / "summary.md").write_text(summary_markdown(rows, minutes))
+    write_results(rows, minutes, update=bool(args.only))
     return 1 if survivors or stale else 0
 
 
