@@ -133,7 +133,8 @@ def write_results(rows: list[dict], minutes: float, *, update: bool) -> None:
             return
         previous = json.loads(path.read_text())
         fresh = {r["id"]: r for r in rows}
-        rows = [fresh.get(r["id"], r) for r in previous["mutants"]]
+        current = {m.id for m in MUTANTS}  # a mutant since found equivalent drops out
+        rows = [fresh.get(r["id"], r) for r in previous["mutants"] if r["id"] in current]
         minutes += previous["minutes"]
     counted = [r for r in rows if r["status"] in ("killed", "survived")]
     payload = {
