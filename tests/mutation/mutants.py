@@ -290,18 +290,18 @@ ALL = [
     ),
     m(
         "B2",
-        "packed advantages shifted by one token",
+        "packed advantages shifted by one token (each sample's last token gets the next one's)",
         "occ_fast/batching.py",
         "advantages=row(adv, torch.float32)",
-        "advantages=row([0.0] + adv[:-1], torch.float32)",
+        "advantages=row(adv[1:] + [0.0], torch.float32)",
         f"{BATCH}::test_per_token_fields_reach_their_own_tokens",
     ),
     m(
         "B3",
-        "packed position ids start at 1",
+        "packed position ids do not restart at each sequence",
         "occ_fast/batching.py",
         "pos += list(range(s.length))",
-        "pos += list(range(1, s.length + 1))",
+        "pos += list(range(len(pos), len(pos) + s.length))",
         f"{BATCH}::test_packed_and_padded_layouts_agree",
     ),
     m(
@@ -539,6 +539,24 @@ ALL = [
         "positions = layout.position_ids",
         equivalent="RoPE attention depends only on position differences, and every row of a sequence "
         "shifts by the same k, so no attention score changes (up to rounding)",
+    ),
+    m(
+        "E5",
+        "packed advantages shifted right by one token",
+        "occ_fast/batching.py",
+        "advantages=row(adv, torch.float32)",
+        "advantages=row([0.0] + adv[:-1], torch.float32)",
+        equivalent="an advantage is constant over its whole sample, prompt included, and every prompt has "
+        "at least one token: the shifted value lands on an unscored prompt token",
+    ),
+    m(
+        "E6",
+        "packed position ids start at 1",
+        "occ_fast/batching.py",
+        "pos += list(range(s.length))",
+        "pos += list(range(1, s.length + 1))",
+        equivalent="sequences still break where positions restart, and RoPE attention depends only on "
+        "position differences",
     ),
 ]
 
