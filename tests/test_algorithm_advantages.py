@@ -23,6 +23,14 @@ def test_grpo_group_size_one_gives_zero_not_nan():
     assert out.num_zero_std == 2
 
 
+def test_zero_variance_group_with_an_inexact_mean_gets_exactly_zero():
+    """Seven rewards of 0.7 (a shaped reward, e.g. with an overlong penalty): in fp32 their mean is
+    not 0.7 exactly, so (R - mean) / (std + 1e-6) would be about 0.06, not 0."""
+    out = grpo_advantages(torch.tensor([0.7] * 7 + [0.0] * 6 + [1.0]), group_size=7)
+    assert out.advantages[:7].tolist() == [0.0] * 7
+    assert out.zero_std.tolist() == [True, False]
+
+
 def test_grpo_rejects_groups_that_do_not_divide():
     with pytest.raises(ValueError, match="group_size=3"):
         grpo_advantages(torch.zeros(4), group_size=3)

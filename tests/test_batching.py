@@ -1,4 +1,5 @@
-"""Packed and padded micro-batches give the same per-token log-probs, losses and gradients."""
+"""Packed and padded micro-batches give the same per-token log-probs, losses and gradients, and
+carry every sample's own per-token fields (advantage, rollout log-probs) to its scored tokens."""
 
 from __future__ import annotations
 
@@ -76,6 +77,43 @@ def test_packed_and_padded_layouts_agree():
         assert torch.equal(a[key][1], b[key][1])
     eos_only = a[((5,), (2,))]
     assert eos_only[1].tolist() == [[True, False, False]]  # a token right after a 1-token prompt: no MTP row
+
+
+@pytest.mark.parametrize("batch_size", [None, 3], ids=["packed", "padded"])
+def test_per_token_fields_reach_their_own_tokens(batch_size):
+    """Gathered at the scored tokens through the model's ``token_index`` (what the trainer does),
+    each sample's advantage and rollout log-probs come back in order, token for token. Every sample
+    has its own advantage and distinct log-probs, so a field shifted by one token shows at the
+    boundary between two samples."""
+    model = tiny_model()
+    samples = random_samples(9, seed=7)
+    samples = [
+        Sample(s.prompt_ids, s.response_ids, s.rollout_logprobs - i, float(i) + 0.5)
+        for i, s in enumerate(samples)
+    ]
+    found = 0
+    for micro in make_micro_batches(samples, token_budget=40, batch_size=batch_size):
+        heads = policy_logprobs(model, micro, temperature=1.0)
+        advantages = heads.gather(micro.advantages)
+        rollout = heads.gather(micro.rollout_logprobs)
+        flat_ids = micro.input_ids.reshape(-1)
+        order = heads.rows.token_index
+        width = micro.input_ids.shape[1]
+        for s in samples:
+            ids = torch.tensor(s.prompt_ids + s.response_ids)
+            for start in range(flat_ids.numel() - len(ids) + 1):
+                if start % width + len(ids) > width or not torch.equal(
+                    flat_ids[start : start + len(ids)], ids
+                ):
+                    continue
+                positions = torch.arange(start + len(s.prompt_ids), start + len(ids))
+                picked = torch.nonzero(order[:, None] == positions[None, :])[:, 0]
+                assert picked.numel() == len(s.response_ids)
+                assert advantages[picked].tolist() == [s.advantage] * len(s.response_ids)
+                assert torch.equal(rollout[picked], s.rollout_logprobs)
+                found += 1
+                break
+    assert found == len(samples)
 
 
 def total_loss_and_grads(model, samples, micros):

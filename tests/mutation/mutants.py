@@ -1,0 +1,564 @@
+"""The curated mutants: each a bug a person could plausibly write in the core, and the tests that
+must catch it. Snippets are short and must occur exactly once in their file (else ``stale``).
+
+``Mutant.edits``: ``(path, original, replacement)``, applied in order; ``tests``: pytest targets
+(run with ``-x``); ``equivalent``: why the mutant cannot change any observable result (then it is
+listed, not run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Mutant:
+    id: str
+    what: str
+    edits: tuple[tuple[str, str, str], ...]
+    tests: tuple[str, ...] = ()
+    equivalent: str | None = None
+
+
+TRITON = "kernels/logprob_triton.py"
+TORCH = "kernels/logprob_torch.py"
+KT = "tests/test_linear_logprob.py"
+TRAIN = "occ_fast/train.py"
+LOOP = "tests/test_update_mini_batch.py"
+BATCH = "tests/test_batching.py"
+E2E = "tests/test_train.py"
+DIST = "tests/test_train_distributed.py"
+POLICY = "occ_fast/algorithm/policy_loss.py"
+
+
+def m(id, what, path, old, new, *tests, equivalent=None):  # noqa: A002
+    return Mutant(id, what, ((path, old, new),), tuple(tests), equivalent)
+
+
+ALL = [
+    # ---- kernels/ ----
+    m(
+        "K1",
+        "forward kernel: vocab mask off by one (reads one column past its slice)",
+        TRITON,
+        "col_ok = offs_v < v_end",
+        "col_ok = offs_v <= v_end",
+        f"{KT}::test_matches_fp64_reference",
+    ),
+    m(
+        "K2",
+        "dlogits kernel: last vocab column never written",
+        TRITON,
+        "col_ok = offs_v < V\n",
+        "col_ok = offs_v < V - 1\n",
+        f"{KT}::test_matches_fp64_reference",
+    ),
+    m(
+        "K3",
+        "dlogits kernel: temperature missing from the backward",
+        TRITON,
+        "    grad = grad * inv_temp[:, None]\n",
+        "",
+        f"{KT}::test_per_row_and_scalar_temperature",
+    ),
+    m(
+        "K4",
+        "Triton forward: entropy sign flipped",
+        TRITON,
+        "return row_max, log_sumexp, logprob, log_sumexp - shifted",
+        "return row_max, log_sumexp, logprob, shifted - log_sumexp",
+        f"{KT}::test_matches_fp64_reference",
+    ),
+    m(
+        "K5",
+        "split combine of the log-sum-exp without rescaling each slice to the row max",
+        TRITON,
+        "scale = torch.exp(run_max - row_max)",
+        "scale = torch.ones_like(run_max)",
+        f"{KT}::test_matches_fp64_reference",
+    ),
+    m(
+        "K6",
+        "dW accumulated in the input dtype (bf16) across backward chunks",
+        TRITON,
+        "torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_weight",
+        "torch.zeros(weight.shape, dtype=weight.dtype, device=weight.device) if need_weight",
+        f"{KT}::test_bf16_weight_gradient_is_accumulated_in_fp32_across_chunks",
+    ),
+    m(
+        "K7",
+        "dlogits kernel: entropy gradient with the wrong sign of the entropy term",
+        TRITON,
+        "(logp + entropy[:, None])",
+        "(logp - entropy[:, None])",
+        f"{KT}::test_matches_fp64_reference",
+    ),
+    m(
+        "K8",
+        "dlogits kernel: target column subtracts the upstream gradient",
+        TRITON,
+        "grad + g1[:, None], grad)",
+        "grad - g1[:, None], grad)",
+        f"{KT}::test_matches_fp64_reference",
+    ),
+    m(
+        "K9",
+        "row statistics: cancellation-prone entropy lse - E_p[z]",
+        "kernels/rowwise.py",
+        "entropy = -(logp.exp() * logp).sum(-1)",
+        "entropy = (row_max + log_sumexp) - (logp.exp() * z).sum(-1)",
+        f"{KT}::test_large_logits_no_worse_than_torch_fp32",
+    ),
+    m(
+        "K10",
+        "chunked backward: temperature missing from dlogits",
+        TORCH,
+        "            dlogits *= inv_temperature[rows, None]\n",
+        "",
+        f"{KT}::test_per_row_and_scalar_temperature",
+    ),
+    m(
+        "K11",
+        "ignore mask: any negative target is ignored (ignore_index disregarded)",
+        "kernels/logprob.py",
+        "valid = targets != ignore_index",
+        "valid = targets >= 0",
+        f"{KT}::test_custom_ignore_index",
+    ),
+    m(
+        "K12",
+        "max_logprob: the row max left in (logit of the argmax, not its log-prob)",
+        TRITON,
+        "max_logprob = torch.where(valid, -log_sumexp, zero)",
+        "max_logprob = torch.where(valid, row_max - log_sumexp, zero)",
+        f"{KT}::test_max_logprob_marks_argmax_targets",
+    ),
+    m(
+        "K13",
+        "chunked backward: dW from every chunk but the first",
+        TORCH,
+        "grad_weight.addmm_(dlogits.t(), h)",
+        "grad_weight.addmm_(dlogits.t(), h) if start else None",
+        f"{KT}::test_matches_fp64_reference",
+    ),
+    # ---- occ_fast/algorithm/ ----
+    m(
+        "A1",
+        "clip bounds swapped inside the surrogate",
+        POLICY,
+        "torch.clamp(ratio, 1.0 - eps_low, 1.0 + eps_high)",
+        "torch.clamp(ratio, 1.0 - eps_high, 1.0 + eps_low)",
+        "tests/test_algorithm_policy_loss.py",
+    ),
+    m(
+        "A2",
+        "dual clip applied to positive advantages too",
+        POLICY,
+        "loss = torch.where(negative, torch.minimum(loss_max, dual_bound), loss_max)",
+        "loss = torch.minimum(loss_max, dual_bound)",
+        "tests/test_algorithm_policy_loss.py",
+    ),
+    m(
+        "A3",
+        "OCC ratio inverted (v2 / c)",
+        "occ_fast/algorithm/occ.py",
+        "lam = lam_plus * cross.sum() / (sq.sum() + OCC_EPS)",
+        "lam = lam_plus * sq.sum() / (cross.sum() + OCC_EPS)",
+        "tests/test_algorithm_occ.py",
+    ),
+    m(
+        "A4",
+        "OCC forms swapped (advantage form used for form=loss)",
+        "occ_fast/algorithm/loss.py",
+        'cfg.occ_form == "advantage"',
+        'cfg.occ_form == "loss"',
+        "tests/test_algorithm_occ.py",
+    ),
+    m(
+        "A5",
+        "GRPO advantages with the biased std",
+        "occ_fast/algorithm/advantages.py",
+        "std = groups.std(dim=1, keepdim=True)",
+        "std = groups.std(dim=1, keepdim=True, unbiased=False)",
+        "tests/test_algorithm_advantages.py",
+    ),
+    m(
+        "A6",
+        "TIS weight inverted (rollout over old)",
+        POLICY,
+        "log_ratio = (lp_old - lp_rollout).detach()",
+        "log_ratio = (lp_rollout - lp_old).detach()",
+        "tests/test_algorithm_policy_loss.py",
+    ),
+    m(
+        "A7",
+        "overlong penalty ramps over the whole length, not the buffer",
+        "occ_fast/algorithm/dapo.py",
+        "penalty = (threshold - lengths) / cache_length",
+        "penalty = (threshold - lengths) / max_length",
+        "tests/test_algorithm_advantages.py",
+    ),
+    m(
+        "A8",
+        "OCC code / code_masked denominators swapped",
+        "occ_fast/algorithm/occ.py",
+        'denom = ratio.numel() if aggregation == "code" else n',
+        'denom = n if aggregation == "code" else ratio.numel()',
+        "tests/test_algorithm_occ.py",
+    ),
+    m(
+        "A9",
+        "TIS weight left off the MTP policy term",
+        "occ_fast/algorithm/loss.py",
+        "num_tokens=head_tokens, is_weights=is_weights",
+        "num_tokens=head_tokens, is_weights=None",
+        "tests/test_algorithm_occ.py",
+    ),
+    m(
+        "A10",
+        "zero-variance groups keep their NaN/huge advantages",
+        "occ_fast/algorithm/advantages.py",
+        "adv = torch.where(zero_std[:, None], torch.zeros_like(adv), adv)",
+        "adv = adv",
+        "tests/test_algorithm_advantages.py",
+    ),
+    # ---- occ_fast/model/ ----
+    m(
+        "M1",
+        "MTP row alignment: depth k reads row j - k",
+        "occ_fast/model/rows.py",
+        "row = token_index - 1 - k",
+        "row = token_index - k",
+        "tests/test_model_forward.py",
+    ),
+    m(
+        "M2",
+        "MTP row existence off by one",
+        "occ_fast/model/rows.py",
+        "has_row = position >= 1 + k",
+        "has_row = position >= k",
+        "tests/test_model_forward.py",
+    ),
+    m(
+        "M3",
+        "MTP embedding alignment: depth k embeds token i + k - 1",
+        "occ_fast/model/wrapper.py",
+        "shift_left(embeds, k) *",
+        "shift_left(embeds, k - 1) *",
+        "tests/test_model_forward.py",
+    ),
+    m(
+        "M4",
+        "detach_trunk switch ignored",
+        "occ_fast/model/wrapper.py",
+        "previous = hidden.detach() if self.detach_trunk else hidden",
+        "previous = hidden",
+        "tests/test_model_grad.py",
+    ),
+    m(
+        "M5",
+        "detach_lm_head switch ignored",
+        "occ_fast/model/wrapper.py",
+        "mtp_weight = weight.detach() if self.detach_lm_head else weight",
+        "mtp_weight = weight",
+        "tests/test_model_grad.py",
+    ),
+    m(
+        "M7",
+        "MTP rows may read a packed neighbour sequence",
+        "occ_fast/model/rows.py",
+        "has_row = has_row & (seg[row] == seg[token_index])",
+        "has_row = has_row",
+        "tests/test_model_forward.py",
+    ),
+    m(
+        "M8",
+        "every MTP depth reads the trunk, not the previous depth",
+        "occ_fast/model/wrapper.py",
+        "previous = back(out)",
+        "previous = previous",
+        "tests/test_model_forward.py",
+    ),
+    # ---- occ_fast/batching.py ----
+    m(
+        "B1",
+        "packed rollout log-probs shifted by one token",
+        "occ_fast/batching.py",
+        "rollout_logprobs=row(lps, torch.float32)",
+        "rollout_logprobs=row([0.0] + lps[:-1], torch.float32)",
+        f"{BATCH}::test_per_token_fields_reach_their_own_tokens",
+    ),
+    m(
+        "B2",
+        "packed advantages shifted by one token (each sample's last token gets the next one's)",
+        "occ_fast/batching.py",
+        "advantages=row(adv, torch.float32)",
+        "advantages=row(adv[1:] + [0.0], torch.float32)",
+        f"{BATCH}::test_per_token_fields_reach_their_own_tokens",
+    ),
+    m(
+        "B3",
+        "packed position ids do not restart at each sequence",
+        "occ_fast/batching.py",
+        "pos += list(range(s.length))",
+        "pos += list(range(len(pos), len(pos) + s.length))",
+        f"{BATCH}::test_packed_and_padded_layouts_agree",
+    ),
+    m(
+        "B4",
+        "padded rollout log-probs one column early",
+        "occ_fast/batching.py",
+        "batch.rollout_logprobs[b, p:n] = s.rollout_logprobs",
+        "batch.rollout_logprobs[b, p - 1 : n - 1] = s.rollout_logprobs",
+        f"{BATCH}::test_per_token_fields_reach_their_own_tokens",
+    ),
+    m(
+        "B5",
+        "MTP row count off by one (normaliser)",
+        "occ_fast/batching.py",
+        "if j >= depth + 1)",
+        "if j >= depth)",
+        f"{BATCH}::test_mtp_rows_count_matches_the_model",
+    ),
+    # ---- the RL step and its update (occ_fast/train.py) ----
+    Mutant(
+        "T1",
+        "old log-probs of later mini-batches computed after the earlier updates",
+        (
+            (
+                TRAIN,
+                "        if diagnose and i == len(minis) - 1:\n",
+                "        if i > 0:\n            olds = [old_main_logprobs(run, m) for m, _ in micros]\n"
+                "        if diagnose and i == len(minis) - 1:\n",
+            ),
+        ),
+        (f"{LOOP}::test_old_logprobs_of_every_mini_batch_come_from_the_rollout_weights",),
+    ),
+    m(
+        "T2",
+        "second mini-batch treated as the first (lp_old from its own, updated, forward)",
+        TRAIN,
+        "if i > 0 or (diagnose",
+        "if i > 1 or (diagnose",
+        f"{LOOP}::test_old_logprobs_of_every_mini_batch_come_from_the_rollout_weights",
+    ),
+    Mutant(
+        "T3",
+        "LR scheduler stepped once per mini-batch instead of once per RL step",
+        (
+            (TRAIN, "    run.scheduler.step()\n", ""),
+            (
+                TRAIN,
+                "        run.optimizer.step()\n",
+                "        run.optimizer.step()\n        run.scheduler.step()\n",
+            ),
+        ),
+        (f"{LOOP}::test_learning_rate_schedule_advances_once_per_rl_step",),
+    ),
+    Mutant(
+        "T4",
+        "gradients never cleared between mini-batches",
+        (
+            (
+                TRAIN,
+                "    model.train()\n    run.optimizer.zero_grad(set_to_none=True)\n",
+                "    model.train()\n",
+            ),
+            (
+                TRAIN,
+                "        stats.nan_skipped += 1\n    run.optimizer.zero_grad(set_to_none=True)\n",
+                "        stats.nan_skipped += 1\n",
+            ),
+        ),
+        (f"{LOOP}::test_gradients_are_cleared_between_mini_batches",),
+    ),
+    m(
+        "T5",
+        "each micro-batch normalised by its own token count",
+        TRAIN,
+        "            num_tokens=num_tokens,\n",
+        "            num_tokens=float(lp_old.numel()),\n",
+        f"{LOOP}::test_every_micro_batch_divides_by_its_mini_batch_token_count",
+    ),
+    m(
+        "T6",
+        "first mini-batch's lp_old not detached",
+        TRAIN,
+        "else main.logprob.detach()",
+        "else main.logprob",
+        f"{LOOP}::test_first_mini_batch_old_logprobs_come_from_the_training_forward",
+    ),
+    m(
+        "T7",
+        "a non-finite gradient norm still applies the update",
+        TRAIN,
+        "if torch.isfinite(grad_norm):",
+        "if True:",
+        f"{E2E}::test_nan_loss_is_skipped_counted_and_never_applied",
+    ),
+    m(
+        "T8",
+        "rollout log-probs handed to the loss from the advantages tensor",
+        TRAIN,
+        "lp_rollout=out.gather(micro.rollout_logprobs)",
+        "lp_rollout=out.gather(micro.advantages)",
+        f"{LOOP}::test_rollout_logprobs_reach_the_loss_aligned_with_the_scored_tokens",
+    ),
+    m(
+        "T9",
+        "a padding micro-batch backpropagates its loss",
+        TRAIN,
+        "(loss * 0.0).backward()",
+        "loss.backward()",
+        f"{DIST}::test_two_ranks_train_like_one_process",
+    ),
+    m(
+        "T10",
+        "mini-batches contiguous, not strided (data parallelism changes the algorithm)",
+        TRAIN,
+        "groups[i :: cfg.optim.mini_batches]",
+        "groups[i * len(groups) // cfg.optim.mini_batches : (i + 1) * len(groups) // cfg.optim.mini_batches]",
+        f"{DIST}::test_two_ranks_train_like_one_process",
+    ),
+    # ---- checkpointing and resume ----
+    m(
+        "C1",
+        "RNG state not restored on resume",
+        "occ_fast/checkpoint.py",
+        "restore_rng_state(load_torch(path / RNG_FILE))",
+        "None",
+        f"{E2E}::test_resume_continues_exactly",
+    ),
+    m(
+        "C2",
+        "prompt sampler not restored in the distributed resume path",
+        TRAIN,
+        '        sampler.load_state_dict(state.extra["sampler"])\n',
+        '        if not sharded:\n            sampler.load_state_dict(state.extra["sampler"])\n',
+        f"{DIST}::test_two_rank_checkpoint_resumes_on_two_ranks_or_one",
+    ),
+    m(
+        "C3",
+        "prompt sampler not restored at all",
+        TRAIN,
+        '        sampler.load_state_dict(state.extra["sampler"])\n',
+        "",
+        f"{E2E}::test_resume_continues_exactly",
+    ),
+    m(
+        "C4",
+        "resume repeats the saved step",
+        TRAIN,
+        'extra={"next_step": step + 1,',
+        'extra={"next_step": step,',
+        f"{E2E}::test_resume_continues_exactly",
+    ),
+    m(
+        "C5",
+        "scheduler not restored on resume",
+        "occ_fast/checkpoint.py",
+        "((optimizer, OPTIMIZER_FILE), (scheduler, SCHEDULER_FILE))",
+        "((optimizer, OPTIMIZER_FILE),)",
+        f"{E2E}::test_resume_continues_exactly",
+    ),
+    m(
+        "C6",
+        "sampler resumes at the start of its epoch",
+        "occ_fast/data/sampler.py",
+        'int(state["epoch"]), int(state["position"])',
+        'int(state["epoch"]), 0',
+        "tests/test_data_synthetic_sampler.py::test_sampler_resume_gives_the_same_continuation",
+    ),
+    m(
+        "C7",
+        "sharded checkpoint: RNG of rank 0 restored on every rank",
+        "occ_fast/sharded_checkpoint.py",
+        "load_torch(path / _rng_file(_rank()))",
+        "load_torch(path / _rng_file(0))",
+        f"{DIST}::test_two_rank_checkpoint_resumes_on_two_ranks_or_one",
+    ),
+    # ---- clip defaults ----
+    Mutant(
+        "D1",
+        "clip defaults swapped in the configuration (the tiny preset uses them)",
+        (
+            ("occ_fast/config.py", "    eps_low: float = 0.2\n", "    eps_low: float = 0.28\n"),
+            ("occ_fast/config.py", "    eps_high: float = 0.28\n", "    eps_high: float = 0.2\n"),
+        ),
+        (f"{LOOP}::test_clip_defaults_are_dapo_clip_higher",),
+    ),
+    Mutant(
+        "D2",
+        "clip defaults swapped in LossConfig",
+        (
+            ("occ_fast/algorithm/config.py", "    eps_low: float = 0.2\n", "    eps_low: float = 0.28\n"),
+            ("occ_fast/algorithm/config.py", "    eps_high: float = 0.28\n", "    eps_high: float = 0.2\n"),
+        ),
+        (f"{LOOP}::test_clip_defaults_are_dapo_clip_higher",),
+    ),
+    m(
+        "D3",
+        "clip defaults swapped in the surrogate's signature",
+        POLICY,
+        "    eps_low: float = 0.2,\n    eps_high: float = 0.28,\n    dual_clip_c: float = 10.0,\n) -> tuple",
+        "    eps_low: float = 0.28,\n    eps_high: float = 0.2,\n    dual_clip_c: float = 10.0,\n) -> tuple",
+        f"{LOOP}::test_clip_defaults_are_dapo_clip_higher",
+    ),
+    # ---- equivalent: listed with the reason, not run ----
+    m(
+        "E1",
+        "high-clip flag on A >= 0 instead of A > 0",
+        POLICY,
+        "clipped_high = clip_active & (advantages > 0)",
+        "clipped_high = clip_active & (advantages >= 0)",
+        equivalent="with A = 0 both the clipped and unclipped losses are 0, so clip_active is False there",
+    ),
+    m(
+        "E2",
+        "first-fit packing with a strict budget comparison",
+        "occ_fast/batching.py",
+        "if load + sample.length <= token_budget:",
+        "if load + sample.length < token_budget:",
+        equivalent="only which sequences share a row changes; every per-token result is layout-independent "
+        "by design (what test_batching checks), and rows stay within the budget",
+    ),
+    m(
+        "E3",
+        "gradients cleared only at the end of each update",
+        TRAIN,
+        "    model.train()\n    run.optimizer.zero_grad(set_to_none=True)\n",
+        "    model.train()\n",
+        equivalent="every update and the SFT warm-start end with zero_grad(set_to_none=True), and the "
+        "exact diagnostics use torch.autograd.grad, which never writes .grad",
+    ),
+    m(
+        "M6",
+        "MTP depth k at the trunk's positions (no + k)",
+        "occ_fast/model/wrapper.py",
+        "positions = layout.position_ids + k",
+        "positions = layout.position_ids",
+        equivalent="RoPE attention depends only on position differences, and every row of a sequence "
+        "shifts by the same k, so no attention score changes (up to rounding)",
+    ),
+    m(
+        "E5",
+        "packed advantages shifted right by one token",
+        "occ_fast/batching.py",
+        "advantages=row(adv, torch.float32)",
+        "advantages=row([0.0] + adv[:-1], torch.float32)",
+        equivalent="an advantage is constant over its whole sample, prompt included, and every prompt has "
+        "at least one token: the shifted value lands on an unscored prompt token",
+    ),
+    m(
+        "E6",
+        "packed position ids start at 1",
+        "occ_fast/batching.py",
+        "pos += list(range(s.length))",
+        "pos += list(range(1, s.length + 1))",
+        equivalent="sequences still break where positions restart, and RoPE attention depends only on "
+        "position differences",
+    ),
+]
+
+MUTANTS = [x for x in ALL if x.equivalent is None]
+EQUIVALENT = [x for x in ALL if x.equivalent is not None]
