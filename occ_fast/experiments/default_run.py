@@ -73,9 +73,10 @@ def write_summary(path: Path, results: dict[str, Any]) -> None:
     f, mm = results["figures"], results["figures"]["mismatch"]
     accuracy = "n/a" if f["heldout_accuracy"] is None else f"{f['heldout_accuracy']:.2f}"
     lam = "n/a" if f["final_lam"] is None else f"{f['final_lam']:+.4f}"
+    threads = f"OMP_NUM_THREADS={results['omp_num_threads']} " if results.get("omp_num_threads") else ""
     lines = [
-        f"Measured by `python -m occ_fast.experiments.default_run` ({results['cpus']} CPU cores, load "
-        f"average {results['load_before']:.1f} when it started): `python -m occ_fast.train` took "
+        f"Measured by `{threads}python -m occ_fast.experiments.default_run` ({results['cpus']} CPU cores, "
+        f"load average {results['load_before']:.1f} when it started): `python -m occ_fast.train` took "
         f"{results['wall_s']:.0f} s; reward {f['reward_first_step']:.2f} at the first step, "
         f"{f['reward_last_steps']:.2f} over the last {f['last_steps']}, greedy held-out accuracy {accuracy}, "
         f"final OCC lam {lam}.",
@@ -107,6 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "wall_s": wall_s,
         "cpus": os.cpu_count(),
         "load_before": load_before,
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "machine": platform.machine(),
         "figures": figures(metrics),
     }
