@@ -1,6 +1,8 @@
 """Faults under torchrun (2 CPU ranks, gloo): SIGTERM to one rank stops both after the same step
 with one checkpoint; SIGKILL of one rank mid-run is recovered by ``--run.resume auto``; the run that
-went through both ends where an uninterrupted one does."""
+went through both ends where an uninterrupted one does. Rollouts are sampled with each prompt's own
+seed (``tests/seeded_rollouts.py``), as in ``tests/test_train_distributed.py``, so the 2-rank run and
+the single-process reference sample the same completions."""
 
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
+import seeded_rollouts
 import torch
-from faults_helpers import trainer_env
+from faults_helpers import TESTS_DIR, trainer_env
 from test_train_distributed import COMPARED, TORCHRUN_TIMEOUT_S, argv, metrics, weights
 
 from occ_fast.checkpoint import find_latest
@@ -26,7 +29,7 @@ STEPS = 4
 def start_torchrun(args: list[str]) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     return subprocess.Popen(
-        [*cmd, "-m", "occ_fast.train", *args],
+        [*cmd, str(TESTS_DIR / "seeded_rollouts.py"), *args],
         env=trainer_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -75,7 +78,7 @@ def wait_for_checkpoint(run_dir: Path, after: int, agent: subprocess.Popen) -> i
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="finds the rank processes through /proc")
-def test_sigterm_to_one_rank_then_sigkill_then_resume_ends_like_an_uninterrupted_run(tmp_path):
+def test_sigterm_to_one_rank_then_sigkill_then_resume_ends_like_an_uninterrupted_run(tmp_path, monkeypatch):
     run_dir = tmp_path / "faulty"
     args = argv(tmp_path, "faulty", STEPS)
 
@@ -102,6 +105,7 @@ def test_sigterm_to_one_rank_then_sigkill_then_resume_ends_like_an_uninterrupted
     code, output = finish(start_torchrun([*args, "--run.resume", "auto"]))
     assert code == 0, output[-6000:]
 
+    seeded_rollouts.install(monkeypatch)
     train(parse_config(argv(tmp_path, "single", STEPS)))  # the uninterrupted reference
     got, want = metrics(run_dir), metrics(tmp_path / "single")
     assert [m["step"] for m in got] == list(range(STEPS))

@@ -26,6 +26,14 @@ ALLOWED = [
     (r"\b(?:ce|detach|policy)-\d+\.\d+", "a sweep setting's name"),
     (r"paper's c = 0\.1", "the paper's MTP cross-entropy coefficient"),
     (r"temperature=1\.0", "an argument in a code example"),
+    (r"\b\d+\.\d+\.\d+\b", "a three-part version number"),
+    (r"\b(?:vLLM|triton)[ -]\d+\.\d+\b|\b0\.1x\b", "a release series"),
+    (r"\(default \d+(?:\.\d+)?\)", "an option's default"),
+    (r"optim\.lr 0\.001 -> 0\.0005", "an example of a resume note"),
+    (r"`reward/error_rate` 1\.0|answer `7\.0`", "an input or value a fault test sets"),
+    (r"clip defaults are 0\.2 / 0\.28", "the config's clip defaults"),
+    (r"Qwen2-0\.5B", "a model's name"),
+    (r">= 60% of a bf16", "the kernel's throughput goal"),
 ]
 # A decimal number, or a count with a unit of time or size: what a measurement would look like.
 FIGURE = re.compile(r"\d*\.\d+|\b\d+(?:\.\d+)?\s?(?:s|ms|min|minutes|seconds|hours|GB|MB|%)(?![\w-])")
