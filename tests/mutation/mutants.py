@@ -457,8 +457,8 @@ ALL = [
         "C5",
         "scheduler not restored on resume",
         "occ_fast/checkpoint.py",
-        "((optimizer, OPTIMIZER_FILE), (scheduler, SCHEDULER_FILE))",
-        "((optimizer, OPTIMIZER_FILE),)",
+        "    for obj, name in ((optimizer, OPTIMIZER_FILE), (scheduler, SCHEDULER_FILE)):\n        if obj is None:",
+        "    for obj, name in ((optimizer, OPTIMIZER_FILE),):\n        if obj is None:",
         f"{E2E}::test_resume_continues_exactly",
     ),
     m(
