@@ -418,7 +418,7 @@ ALL = [
         TRAIN,
         "groups[i :: cfg.optim.mini_batches]",
         "groups[i * len(groups) // cfg.optim.mini_batches : (i + 1) * len(groups) // cfg.optim.mini_batches]",
-        f"{DIST}::test_two_ranks_train_like_one_process",
+        f"{DIST}::test_rank_mini_batches_are_their_share_of_the_single_process_ones",
     ),
     # ---- checkpointing and resume ----
     m(
