@@ -28,6 +28,7 @@ LOOP = "tests/test_update_mini_batch.py"
 BATCH = "tests/test_batching.py"
 E2E = "tests/test_train.py"
 DIST = "tests/test_train_distributed.py"
+FSDP = "tests/test_distributed.py"
 POLICY = "occ_fast/algorithm/policy_loss.py"
 
 
@@ -475,7 +476,7 @@ ALL = [
         "occ_fast/sharded_checkpoint.py",
         "load_torch(path / _rng_file(_rank()))",
         "load_torch(path / _rng_file(0))",
-        f"{DIST}::test_two_rank_checkpoint_resumes_on_two_ranks_or_one",
+        f"{FSDP}::test_sharded_checkpoint_gives_every_rank_its_own_rng_back",
     ),
     # ---- clip defaults ----
     Mutant(
