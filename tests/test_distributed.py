@@ -160,7 +160,9 @@ def worker(out: Path) -> None:
     optimizer.step()
     scheduler.step()
     extra = {"next_step": STEP + 1, "sampler": {"position": 11}}
+    torch.manual_seed(100 + rank)  # a stream of each rank's own, as the trainer's ranks have
     save_sharded_checkpoint(out / "run", STEP, tied, optimizer, scheduler, extra=extra)
+    draws_after_save = torch.rand(4)
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)
     results["full_model"] = get_model_state_dict(tied, options=full)
     results["full_optim"] = get_optimizer_state_dict(tied, optimizer, options=full)
@@ -170,6 +172,8 @@ def worker(out: Path) -> None:
     again_optimizer = build_optimizer(again, OPTIM_CFG)
     build_scheduler(again_optimizer, OPTIM_CFG, total_steps=10)  # as a resumed run builds it (initial_lr)
     load_sharded_checkpoint(out / "run" / "checkpoints" / f"step_{STEP:09d}", again, again_optimizer)
+    results["rng_draws"] = [None] * world  # per rank: after the save, after the reload
+    dist.all_gather_object(results["rng_draws"], (draws_after_save, torch.rand(4)))
     results["reloaded_model"] = get_model_state_dict(again, options=full)
     results["reloaded_optim"] = get_optimizer_state_dict(again, again_optimizer, options=full)
 
@@ -270,6 +274,13 @@ def test_sharded_checkpoint_resumes_on_two_ranks(two_ranks):
     for key, value in res["full_model"].items():
         assert torch.equal(res["reloaded_model"][key], value), key
     assert_optim_equal(res["reloaded_optim"], res["full_optim"])
+
+
+def test_sharded_checkpoint_gives_every_rank_its_own_rng_back(two_ranks):
+    _, res = two_ranks
+    (saved0, reloaded0), (saved1, reloaded1) = res["rng_draws"]
+    assert not torch.equal(saved0, saved1)  # the ranks' streams differ, so a mix-up shows
+    assert torch.equal(reloaded0, saved0) and torch.equal(reloaded1, saved1)
 
 
 def test_sharded_checkpoint_from_two_ranks_loads_in_one_process(two_ranks, caplog):

@@ -18,15 +18,20 @@ import shutil
 import signal
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import seeded_rollouts
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file
 
+from occ_fast.batching import Sample
 from occ_fast.checkpoint import CheckpointError
 from occ_fast.config import ConfigError, parse_config
-from occ_fast.train import check_world_size, load_any_checkpoint, train
+from occ_fast.distributed import shard_prompts
+from occ_fast.train import check_world_size, load_any_checkpoint, mini_batches, train
 
 TORCHRUN_TIMEOUT_S = 240
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -210,3 +215,33 @@ def test_exact_diagnostics_refuse_torchrun(tmp_path):
     with pytest.raises(ConfigError, match="single process"):
         check_world_size(cfg, 2)
     check_world_size(parse_config(argv(tmp_path, "y", 1)), 2)  # 8 prompts = 2 ranks x 2 mini-batches x 2
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    world=st.integers(1, 3),
+    minis=st.integers(1, 4),
+    per_mini=st.integers(1, 3),
+    n=st.integers(2, 3),
+)
+def test_rank_mini_batches_are_their_share_of_the_single_process_ones(world, minis, per_mini, n):
+    """Group g goes to mini-batch g mod M, so rank r's mini-batch i is exactly its share
+    (:func:`shard_prompts`) of the single-process mini-batch i: data parallelism keeps the algorithm."""
+    groups = world * minis * per_mini
+    sizes = {"data.prompts-per-step": groups, "optim.mini-batches": minis, "rollout.n": n}
+    cfg = parse_config([a for k, v in sizes.items() for a in (f"--{k}", str(v))])
+    run = SimpleNamespace(cfg=cfg, tokenizer=SimpleNamespace(pad_token_id=0), device=torch.device("cpu"))
+    # sample s of group g: prompt [g], response [s]; advantages name the group too
+    samples = [Sample([g + 3], [s + 3], torch.zeros(1), float(g)) for g in range(groups) for s in range(n)]
+
+    def group_ids(chunk: list[Sample]) -> list[int]:
+        return [s.prompt_ids[0] - 3 for s in chunk[::n]]
+
+    single = [group_ids(chunk) for chunk, _ in mini_batches(run, samples)]
+    assert single == [list(range(i, groups, minis)) for i in range(minis)]
+    for rank in range(world):
+        share = set(shard_prompts(range(groups), rank, world))
+        mine = [s for s in samples if s.prompt_ids[0] - 3 in share]
+        for i, (chunk, micros) in enumerate(mini_batches(run, mine)):
+            assert group_ids(chunk) == [g for g in single[i] if g in share], (rank, i)
+            assert sum(m.num_samples for m, real in micros if real) == len(chunk)

@@ -28,6 +28,7 @@ LOOP = "tests/test_update_mini_batch.py"
 BATCH = "tests/test_batching.py"
 E2E = "tests/test_train.py"
 DIST = "tests/test_train_distributed.py"
+FSDP = "tests/test_distributed.py"
 POLICY = "occ_fast/algorithm/policy_loss.py"
 
 
@@ -418,7 +419,7 @@ ALL = [
         TRAIN,
         "groups[i :: cfg.optim.mini_batches]",
         "groups[i * len(groups) // cfg.optim.mini_batches : (i + 1) * len(groups) // cfg.optim.mini_batches]",
-        f"{DIST}::test_two_ranks_train_like_one_process",
+        f"{DIST}::test_rank_mini_batches_are_their_share_of_the_single_process_ones",
     ),
     # ---- checkpointing and resume ----
     m(
@@ -475,7 +476,7 @@ ALL = [
         "occ_fast/sharded_checkpoint.py",
         "load_torch(path / _rng_file(_rank()))",
         "load_torch(path / _rng_file(0))",
-        f"{DIST}::test_two_rank_checkpoint_resumes_on_two_ranks_or_one",
+        f"{FSDP}::test_sharded_checkpoint_gives_every_rank_its_own_rng_back",
     ),
     # ---- clip defaults ----
     Mutant(

@@ -154,7 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(
-        "--only", nargs="+", metavar="ID", help="run these mutants only (results not written)"
+        "--only",
+        nargs="+",
+        metavar="ID",
+        help="run these mutants only (their rows in the results are replaced)",
     )
     parser.add_argument("--list", action="store_true", help="list the mutants and their tests, run nothing")
     parser.add_argument("--no-baseline", action="store_true", help="skip the run on the unmutated copy")
