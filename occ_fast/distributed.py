@@ -220,18 +220,20 @@ def shard_prompts(indices: Sequence[T], rank: int, world_size: int) -> list[T]:
     return list(indices[start : start + per + (rank < extra)])
 
 
-def pad_micro_batches(micros: Sequence[T]) -> list[tuple[T, bool]]:
-    """``micros`` as ``(micro, is_real)``, padded with repeats of the last one up to the largest
-    count of any rank, because every FSDP forward/backward is a collective that all ranks must join.
-    Scale a padding micro-batch's loss by 0 and leave it out of metrics. One host sync."""
-    if not micros:
-        raise ValueError("pad_micro_batches: no micro-batches")
+def pad_micro_batches(micros: Sequence[T], filler: T | None = None) -> list[tuple[T, bool]]:
+    """``micros`` as ``(micro, is_real)``, padded with repeats of the last one (of ``filler`` when this
+    rank has none) up to the largest count of any rank, because every FSDP forward/backward is a
+    collective that all ranks must join. Scale a padding micro-batch's loss by 0 and leave it out of
+    metrics. One host sync."""
+    if not micros and filler is None:
+        raise ValueError("pad_micro_batches: no micro-batches and no filler")
     count = len(micros)
     if dist.is_initialized():
         t = torch.tensor(count, device=_comm_device())
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
         count = int(t)
-    return [(m, True) for m in micros] + [(micros[-1], False)] * (count - len(micros))
+    pad = micros[-1] if micros else filler
+    return [(m, True) for m in micros] + [(pad, False)] * (count - len(micros))
 
 
 def all_gather_ints(value: int) -> list[int]:
@@ -242,6 +244,24 @@ def all_gather_ints(value: int) -> list[int]:
     gathered = [torch.zeros((), dtype=torch.int64, device=device) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, torch.tensor(int(value), dtype=torch.int64, device=device))
     return [int(t) for t in gathered]
+
+
+def global_positions(keys: Sequence[int]) -> list[int]:
+    """Where each of this rank's distinct ``keys`` falls in the sorted keys of every rank (in a single
+    process, in its own sorted keys): a rank-independent order for work split over ranks. Two host syncs."""
+    counts = all_gather_ints(len(keys))
+    everything = list(keys)
+    if dist.is_initialized():
+        device = _comm_device()
+        local = torch.full((max(counts),), -1, dtype=torch.int64, device=device)
+        local[: len(keys)] = torch.tensor(list(keys), dtype=torch.int64)
+        gathered = [torch.empty_like(local) for _ in counts]
+        dist.all_gather(gathered, local)
+        everything = [int(v) for t, c in zip(gathered, counts) for v in t[:c].tolist()]
+    if len(set(everything)) != len(everything):
+        raise ValueError("global_positions: keys repeat within or across ranks")
+    position = {key: i for i, key in enumerate(sorted(everything))}
+    return [position[key] for key in keys]
 
 
 def barrier() -> None:

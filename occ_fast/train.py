@@ -69,6 +69,7 @@ from occ_fast.distributed import (
     barrier,
     clip_grad_norm,
     gather_metrics,
+    global_positions,
     global_sum,
     init_distributed,
     pad_micro_batches,
@@ -318,7 +319,8 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
     # The first mini-batch's come free from its own training forward (None here): its weights are
     # still the rollout weights. Exact diagnostics on a lone mini-batch need them before that forward.
     t1 = time.perf_counter()
-    minis = mini_batches(run, samples)
+    positions = global_positions([group.draw for group in groups])
+    minis = mini_batches(run, samples, [p % cfg.optim.mini_batches for p in positions])
     diagnose = bool(cfg.mtp.exact_every) and step % cfg.mtp.exact_every == 0
     old_logprobs = [
         [old_main_logprobs(run, micro) for micro, _ in micros]
@@ -391,6 +393,7 @@ class Group:
     record: PromptRecord
     results: list[RolloutResult]
     rewards: list[float]
+    draw: int = 0  # the prompt's index among the step's draws over every rank and round
 
 
 def collect_groups(run: Run, step: int) -> tuple[list[Group], dict[str, float]]:
@@ -398,12 +401,13 @@ def collect_groups(run: Run, step: int) -> tuple[list[Group], dict[str, float]]:
 
     Every rank draws the same prompt indices from its own copy of the sampler and takes its slice,
     so the samplers stay identical (rank 0's is checkpointed). With dynamic sampling, each refill
-    round draws the total of every rank's shortfall and hands each rank exactly its own."""
+    round draws the total of every rank's shortfall and hands each rank exactly its own. The kept
+    groups come back in draw order (:attr:`Group.draw`), which does not depend on the rank split."""
     cfg, rank, world = run.cfg, run.dist.rank, run.dist.world_size
     quota = len(shard_prompts(range(cfg.data.prompts_per_step), rank, world))
     kept: list[Group] = []
     stats = defaultdict(float)
-    rounds = 0
+    rounds = drawn_before = 0
     while True:
         shortfalls = all_gather_ints(quota - len(kept))
         if sum(shortfalls) == 0:
@@ -413,6 +417,9 @@ def collect_groups(run: Run, step: int) -> tuple[list[Group], dict[str, float]]:
         start = sum(shortfalls[:rank])
         records = [run.records[i] for i in drawn[start : start + shortfalls[rank]]]
         groups, round_stats = rollout_and_score(run, records, step) if records else ([], {})
+        for j, group in enumerate(groups):
+            group.draw = drawn_before + start + j
+        drawn_before += sum(shortfalls)
         for key, value in round_stats.items():
             stats[key] += value
         if not cfg.algorithm.dynamic_sampling:
@@ -429,6 +436,7 @@ def collect_groups(run: Run, step: int) -> tuple[list[Group], dict[str, float]]:
                 )  # fmt: skip
                 kept += [g for g, z in zip(groups, zero) if z][: quota - len(kept)]
             break
+    kept.sort(key=lambda g: g.draw)
     all_rewards = [r for g in kept for r in g.rewards]
     return kept, {
         "reward/mean": sum(all_rewards) / len(all_rewards),
@@ -484,26 +492,35 @@ def rollout_and_score(
     }
 
 
-def mini_batches(run: Run, samples: list[Sample]) -> list[tuple[list[Sample], list[tuple[MicroBatch, bool]]]]:
+def mini_batches(
+    run: Run, samples: list[Sample], chunks: list[int]
+) -> list[tuple[list[Sample], list[tuple[MicroBatch, bool]]]]:
     """Split the step's samples into ``optim.mini_batches`` chunks of whole groups, group g going to
-    chunk g mod M, then into micro-batches, each flagged real or padding (:func:`pad_micro_batches`:
-    equal counts on every rank).
+    chunk ``chunks[g]``, then into micro-batches, each flagged real or padding
+    (:func:`pad_micro_batches`: equal counts on every rank).
 
-    Strided rather than contiguous, so that data parallelism does not change the algorithm: rank r
-    holds a contiguous block of the step's groups (:func:`shard_prompts`, a multiple of M long), and
-    its chunk i is exactly its share of the single-process chunk i."""
+    ``chunks[g]`` is the group's position in the step's draw order over all ranks, mod M, so that
+    data parallelism does not change the algorithm: a rank's chunk i is exactly its share of the
+    single-process chunk i, also when dynamic sampling refills groups in later rounds (a rank's
+    groups are then not a contiguous block of the step's, and a chunk may be empty on one rank: it
+    then only joins the other ranks' collectives, with padding micro-batches)."""
     cfg, n = run.cfg, run.cfg.rollout.n
     groups = [samples[j : j + n] for j in range(0, len(samples), n)]
-    out = []
-    for i in range(cfg.optim.mini_batches):
-        chunk = [s for group in groups[i :: cfg.optim.mini_batches] for s in group]
+
+    def micro_batches(chunk: list[Sample]) -> list[MicroBatch]:
         micros = make_micro_batches(
             chunk,
             token_budget=cfg.optim.micro_batch_tokens,
             batch_size=cfg.optim.micro_batch_size,
             pad_id=run.tokenizer.pad_token_id,
         )
-        out.append((chunk, pad_micro_batches([m.to(run.device) for m in micros])))
+        return [m.to(run.device) for m in micros]
+
+    filler = micro_batches(groups[0])[0]
+    out = []
+    for i in range(cfg.optim.mini_batches):
+        chunk = [s for group, c in zip(groups, chunks, strict=True) if c == i for s in group]
+        out.append((chunk, pad_micro_batches(micro_batches(chunk) if chunk else [], filler)))
     return out
 
 
