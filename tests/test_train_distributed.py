@@ -117,6 +117,17 @@ def resumed(out, source: str, name: str, steps: int, nproc: int | None = None) -
         pytest.fail(f"torchrun resume failed ({done.returncode}):\n{done.stderr[-8000:]}")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """In-process runs use one intra-op thread, as the torchrun ranks do (``OMP_NUM_THREADS=1``): the
+    SFT warm-start's AdamW (eps 1e-8) turns reduction-order noise in a near-zero gradient element
+    into a whole lr-sized update, so the thread counts must match for the weights to agree."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """2 steps on 2 ranks, and the same 2 steps in one process."""
