@@ -36,6 +36,7 @@ from occ_fast.distributed import (
     all_gather_ints,
     clip_grad_norm,
     gather_metrics,
+    global_positions,
     global_sum,
     init_distributed,
     pad_micro_batches,
@@ -151,6 +152,8 @@ def worker(out: Path) -> None:
     metrics |= {"only0": 5.0} if rank == 0 else {}
     results["metrics"] = gather_metrics(metrics, sums={"count"}, mins={"low"}, maxs={"high"})
     results["ints"] = all_gather_ints(10 * rank + 1)
+    results["positions"] = global_positions([7, 2] if rank == 0 else [5, 0, 9])  # rank 0's saved
+    results["padded"] = pad_micro_batches([] if rank == 0 else ["a", "b"], filler="f")
 
     # One optimizer step on a tied model, then a sharded checkpoint, a reload on 2 ranks and an export.
     tied = shard_model(tied_model(SEED), mixed_precision=False)
@@ -253,6 +256,8 @@ def test_gather_metrics_means_and_sums_over_ranks(two_ranks):
     _, res = two_ranks
     assert res["metrics"] == {"mean": 0.5, "count": 3.0, "low": 2.0, "high": 3.0, "only0": 5.0}
     assert res["ints"] == [1, 11]
+    assert res["positions"] == [3, 1]  # 7 and 2 among 0, 2, 5, 7, 9
+    assert res["padded"] == [("f", False), ("f", False)]  # no chunk here: joins rank 1's two
 
 
 def assert_optim_equal(actual: dict, expected: dict) -> None:
@@ -361,6 +366,12 @@ def test_init_distributed_single_process(monkeypatch):
     assert gather_metrics({"a": 1.0}, sums={"a"}) == {"a": 1.0}
     assert all_gather_ints(7) == [7]
     assert pad_micro_batches(["x", "y"]) == [("x", True), ("y", True)]
+    assert pad_micro_batches([], filler="f") == []
+    with pytest.raises(ValueError, match="no micro-batches and no filler"):
+        pad_micro_batches([])
+    assert global_positions([30, 10, 20]) == [2, 0, 1]
+    with pytest.raises(ValueError, match="keys repeat"):
+        global_positions([1, 1])
 
 
 GOOD_ENV = {
