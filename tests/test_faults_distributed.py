@@ -106,7 +106,12 @@ def test_sigterm_to_one_rank_then_sigkill_then_resume_ends_like_an_uninterrupted
     assert code == 0, output[-6000:]
 
     seeded_rollouts.install(monkeypatch)
-    train(parse_config(argv(tmp_path, "single", STEPS)))  # the uninterrupted reference
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the ranks run (OMP_NUM_THREADS=1): see test_train_distributed.one_thread
+    try:
+        train(parse_config(argv(tmp_path, "single", STEPS)))  # the uninterrupted reference
+    finally:
+        torch.set_num_threads(threads)
     got, want = metrics(run_dir), metrics(tmp_path / "single")
     assert [m["step"] for m in got] == list(range(STEPS))
     for g, w in zip(got, want):

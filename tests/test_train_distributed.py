@@ -236,10 +236,11 @@ def test_exact_diagnostics_refuse_torchrun(tmp_path):
     n=st.integers(2, 3),
 )
 def test_rank_mini_batches_are_their_share_of_the_single_process_ones(world, minis, per_mini, n):
-    """Group g goes to mini-batch g mod M, so rank r's mini-batch i is exactly its share
-    (:func:`shard_prompts`) of the single-process mini-batch i: data parallelism keeps the algorithm."""
+    """Group g (its position in the step's draw order) goes to mini-batch g mod M, so rank r's
+    mini-batch i is exactly its share (:func:`shard_prompts`) of the single-process mini-batch i: data
+    parallelism keeps the algorithm."""
     groups = world * minis * per_mini
-    sizes = {"data.prompts-per-step": groups, "optim.mini-batches": minis, "rollout.n": n}
+    sizes = {"data.prompts-per-step": groups, "optim.mini-batches": minis, "rollout.n": n, "mtp.regime": "ce"}
     cfg = parse_config([a for k, v in sizes.items() for a in (f"--{k}", str(v))])
     run = SimpleNamespace(cfg=cfg, tokenizer=SimpleNamespace(pad_token_id=0), device=torch.device("cpu"))
     # sample s of group g: prompt [g], response [s]; advantages name the group too
@@ -248,11 +249,11 @@ def test_rank_mini_batches_are_their_share_of_the_single_process_ones(world, min
     def group_ids(chunk: list[Sample]) -> list[int]:
         return [s.prompt_ids[0] - 3 for s in chunk[::n]]
 
-    single = [group_ids(chunk) for chunk, _ in mini_batches(run, samples)]
+    single = [group_ids(chunk) for chunk, _ in mini_batches(run, samples, [g % minis for g in range(groups)])]
     assert single == [list(range(i, groups, minis)) for i in range(minis)]
     for rank in range(world):
-        share = set(shard_prompts(range(groups), rank, world))
+        share = list(shard_prompts(range(groups), rank, world))
         mine = [s for s in samples if s.prompt_ids[0] - 3 in share]
-        for i, (chunk, micros) in enumerate(mini_batches(run, mine)):
+        for i, (chunk, micros) in enumerate(mini_batches(run, mine, [g % minis for g in share])):
             assert group_ids(chunk) == [g for g in single[i] if g in share], (rank, i)
             assert sum(m.num_samples for m, real in micros if real) == len(chunk)

@@ -417,9 +417,9 @@ ALL = [
         "T10",
         "mini-batches contiguous, not strided (data parallelism changes the algorithm)",
         TRAIN,
-        "groups[i :: cfg.optim.mini_batches]",
-        "groups[i * len(groups) // cfg.optim.mini_batches : (i + 1) * len(groups) // cfg.optim.mini_batches]",
-        f"{DIST}::test_rank_mini_batches_are_their_share_of_the_single_process_ones",
+        "[p % cfg.optim.mini_batches for p in positions]",
+        "[i * cfg.optim.mini_batches // len(positions) for i in range(len(positions))]",
+        f"{DIST}::test_two_ranks_train_like_one_process",
     ),
     # ---- checkpointing and resume ----
     m(
