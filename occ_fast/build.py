@@ -39,14 +39,17 @@ def model_dtype(cfg: Config, device: torch.device) -> torch.dtype:
 
 def synthetic_task(cfg: Config) -> ArithmeticTask:
     return ArithmeticTask(
-        digits=cfg.data.digits, ops=tuple(cfg.data.ops), eval_fraction=cfg.data.eval_fraction
+        digits=cfg.data.digits,
+        ops=tuple(cfg.data.ops),
+        eval_fraction=cfg.data.eval_fraction,
+        solution=cfg.data.solution,
     )
 
 
 def build_tokenizer(cfg: Config) -> PreTrainedTokenizerBase:
     if cfg.model.name_or_path:
         return load_tokenizer(cfg.model.name_or_path)
-    corpus = [f"{r.prompt} {r.answer}" for r in synthetic_task(cfg).sample("train", 512, seed=cfg.data.seed)]
+    corpus = [f"{r.prompt} {r.reference_completion}" for r in synthetic_task(cfg).sample("train", 512, seed=cfg.data.seed)]
     return train_bpe_tokenizer(corpus, vocab_size=cfg.model.tiny.vocab_size, split_digits=True)
 
 

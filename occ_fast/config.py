@@ -189,6 +189,8 @@ class DataConfig:
     """Synthetic task: operand length in digits (the difficulty)."""
     ops: tuple[Literal["+", "-", "*"], ...] = ("+",)
     """Synthetic task: operators drawn from."""
+    solution: Literal["answer", "carries"] = "answer"
+    """Synthetic task: the completion the SFT warm start teaches: 'answer' (the number) or 'carries' (each column's sum with its carry, then \\boxed{answer}; ops '+' only)."""
     eval_fraction: float = 0.1
     """Synthetic task: share of problems held out for evaluation (never drawn for training)."""
     train_problems: int = 2048
@@ -680,6 +682,10 @@ def _problems(cfg: Config) -> list[str]:
     )
     need(1 <= data.digits <= 18, f"data.digits must be in [1, 18], got {data.digits}")
     need(len(data.ops) >= 1, "data.ops must name at least one operator")
+    need(
+        data.solution != "carries" or tuple(data.ops) == ("+",),
+        f"data.solution='carries' is defined for data.ops ['+'] only, got {list(data.ops)}",
+    )
     need(0.0 < data.eval_fraction < 1.0, f"data.eval_fraction must be in (0, 1), got {data.eval_fraction}")
     need(data.prompts_per_step >= 1, f"data.prompts_per_step must be >= 1, got {data.prompts_per_step}")
     need(data.train_problems >= 1, f"data.train_problems must be >= 1, got {data.train_problems}")

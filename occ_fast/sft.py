@@ -20,10 +20,10 @@ from occ_fast.prompts import encode_prompt
 
 
 def supervised_samples(tokenizer: PreTrainedTokenizerBase, records: Sequence[PromptRecord]) -> list[Sample]:
-    """Prompt followed by `` answer<eos>`` as the response."""
+    """Prompt followed by `` <reference completion><eos>`` as the response (the answer, or the worked solution)."""
     samples = []
     for record in records:
-        answer = tokenizer(" " + record.answer, add_special_tokens=False)["input_ids"] + [
+        answer = tokenizer(" " + record.reference_completion, add_special_tokens=False)["input_ids"] + [
             tokenizer.eos_token_id
         ]
         samples.append(Sample(encode_prompt(tokenizer, record), answer, torch.zeros(len(answer)), 0.0))

@@ -16,6 +16,7 @@ from typing import Literal
 from occ_fast.data.records import PromptRecord
 
 Split = Literal["train", "eval"]
+SolutionStyle = Literal["answer", "carries"]
 OPS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
 
 
@@ -31,6 +32,7 @@ class ArithmeticTask:
     ops: tuple[str, ...] = ("+", "-", "*")
     eval_fraction: float = 0.1
     template: str = "{a} {op} {b} ="
+    solution: SolutionStyle = "answer"
 
     def __post_init__(self) -> None:
         if not 1 <= self.digits <= 18:
@@ -43,6 +45,10 @@ class ArithmeticTask:
             raise ValueError(
                 f"ArithmeticTask.template must contain {{a}}, {{op}} and {{b}}, got {self.template!r}"
             )
+        if self.solution not in ("answer", "carries"):
+            raise ValueError(f"ArithmeticTask.solution must be 'answer' or 'carries', got {self.solution!r}")
+        if self.solution == "carries" and self.ops != ("+",):
+            raise ValueError(f"ArithmeticTask.solution='carries' is defined for ops ('+',) only, got {self.ops}")
 
     def split_of(self, a: int, op: str, b: int) -> Split:
         """Which split the problem ``a op b`` belongs to (fixed by the problem alone)."""
@@ -70,7 +76,10 @@ class ArithmeticTask:
                 continue
             seen.add((a, op, b))
             prompt = self.template.format(a=a, op=op, b=b)
-            records.append(PromptRecord(prompt, str(OPS[op](a, b)), f"synthetic:{split}:{len(records)}"))
+            solution = worked_addition(a, b) if self.solution == "carries" else None
+            records.append(
+                PromptRecord(prompt, str(OPS[op](a, b)), f"synthetic:{split}:{len(records)}", solution)
+            )
         if len(records) < n:
             space = (high - low + 1) ** 2 * len(self.ops)
             raise ValueError(
@@ -78,3 +87,18 @@ class ArithmeticTask:
                 f"(about {space} problems in all, eval_fraction={self.eval_fraction}): raise digits or lower n"
             )
         return records
+
+
+def worked_addition(a: int, b: int) -> str:
+    """Column-by-column addition from the right, ``x+y+carry=sum`` per column, then ``\\boxed{a+b}``."""
+    if a < 0 or b < 0:
+        raise ValueError(f"worked_addition needs non-negative operands, got {a} and {b}")
+    xs, ys = str(a)[::-1], str(b)[::-1]
+    columns, carry = [], 0
+    for i in range(max(len(xs), len(ys))):
+        x = int(xs[i]) if i < len(xs) else 0
+        y = int(ys[i]) if i < len(ys) else 0
+        total = x + y + carry
+        columns.append(f"{x}+{y}+{carry}={total}")
+        carry = total // 10
+    return " ".join(columns) + f" \\boxed{{{a + b}}}"
