@@ -10,7 +10,20 @@ import numpy as np
 import pytest
 import yaml
 
-from occ_fast.experiments.regimes import PAIRED_KEYS, SUMMARY_KEYS, main, parse_settings, smooth, table_lines
+from occ_fast.experiments.regimes import (
+    FORECAST_KEY,
+    PAIRED_KEYS,
+    SUMMARY_KEYS,
+    command_line,
+    main,
+    parse_args,
+    parse_settings,
+    run_config,
+    seed_argv,
+    smooth,
+    table_lines,
+    write_dose_plot,
+)
 
 MINI = (
     "--model.tiny.hidden-size 32 --model.tiny.intermediate-size 64 --model.tiny.num-layers 1 "
@@ -70,6 +83,7 @@ def test_sweep_writes_tables_json_and_plots(sweep):
         assert row["final_reward"] == pytest.approx(statistics.mean(m["reward/mean"] for m in lines))
         assert row["mtp_accuracy"] == pytest.approx(statistics.mean(m["mtp/accuracy"] for m in lines))
         assert row["final_lam_proxy"] == lines[-1]["mtp/lam"]
+        assert row["forecast_acceptance"] == pytest.approx(statistics.mean(m[FORECAST_KEY] for m in lines))
         assert 0.0 <= row["heldout_accuracy"] <= 1.0
     for plot in ("reward.png", "lam.png"):
         assert (sweep / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -108,7 +122,10 @@ def test_resume_skips_finished_runs_and_finishes_the_rest(sweep):
         (["--regimes", "detach", "polcy"], "unknown regime 'polcy'"),
         (["--regimes", "policy-0"], "unknown regime 'policy-0'"),
         (["--regimes", "ce-x"], "unknown regime 'ce-x'"),
-        (["--regimes", "occ-0.5"], "unknown regime 'occ-0.5'"),
+        (["--regimes", "occ-0"], "unknown regime 'occ-0'"),
+        (["--regimes", "occ-x"], "unknown regime 'occ-x'"),
+        (["--extra=--preset carries"], "--extra may not set --preset"),
+        (["--extra=--mtp.lam-plus 3"], "--extra may not set --mtp.lam-plus"),
         (["--extra=--mtp.regime ce"], "--extra may not set --mtp.regime"),
         (["--resume"], "--resume needs --output"),
     ],
@@ -138,6 +155,44 @@ def test_ce_and_detach_take_a_coefficient():
     assert ce.flags() == ["--mtp.regime", "ce", "--mtp.coef", "2.5"]
     assert (detach.name, detach.regime, detach.coef) == ("detach-1", "detach", 1.0)
     assert parse_settings(["ce"])[0].flags() == ["--mtp.regime", "ce"]  # the preset's coefficient
+
+
+def test_occ_takes_its_global_scale_and_every_run_gets_the_preset(tmp_path):
+    args = parse_args(
+        ["--preset", "carries", "--regimes", "detach", "occ-10", "--output", str(tmp_path / "s")]
+    )
+    detach, occ = args.settings
+    assert occ.flags() == ["--mtp.regime", "occ", "--mtp.lam-plus", "10.0"]
+    cfg = run_config(args, occ, seed=1)
+    assert (cfg.mtp.regime, cfg.mtp.lam_plus, cfg.mtp.coef) == ("occ", 10.0, 0.1)
+    assert (cfg.data.solution, cfg.data.digits, cfg.model.tiny.hidden_size) == ("carries", 4, 128)
+    assert run_config(args, detach, seed=1).mtp.lam_plus == 1.0
+    assert seed_argv(args, 1)[:2] == ["--preset", "carries"]  # the warm start trains the same preset
+    results = {"preset": "carries", "settings": ["detach", "occ-10"], "seeds": 3, "rl_steps": [60],
+               "held_out": 256, "extra": []}  # fmt: skip
+    assert command_line(results).startswith(
+        "python -m occ_fast.experiments.regimes --preset carries --regimes"
+    )
+    del results["preset"]  # a sweep from before --preset trained the tiny preset
+    assert "--preset" not in command_line(results)
+
+
+def _dose_runs(settings, heldout):
+    reference = {0: 0.5, 1: 0.3}
+    return [
+        {"setting": s.name, "seed": seed, "heldout_accuracy": reference[seed] + heldout.get(s.name, 0.0),
+         "forecast_acceptance": 0.6}
+        for s in settings for seed in (0, 1)
+    ]  # fmt: skip
+
+
+def test_dose_plot_only_with_two_coefficients_of_a_regime(tmp_path):
+    settings = parse_settings(["detach", "policy-0.1", "policy-1.0", "occ-1.0"])
+    write_dose_plot(tmp_path, _dose_runs(settings, {"policy-0.1": 0.1, "policy-1.0": -0.2}), settings)
+    assert (tmp_path / "dose.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    single = parse_settings(["detach", "policy-0.1", "occ-1.0"])
+    write_dose_plot(tmp_path / "none", _dose_runs(single, {}), single)
+    assert not (tmp_path / "none").exists()
 
 
 def test_smooth_is_a_trailing_moving_average():

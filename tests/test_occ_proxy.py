@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -12,7 +13,9 @@ from test_diagnostics import TEMPERATURE, make_samples, mini_batch, stats, tiny_
 
 from occ_fast.algorithm import LossConfig, occ_coefficient
 from occ_fast.algorithm.occ import gap_form
+from occ_fast.config import parse_config
 from occ_fast.experiments import proxy
+from occ_fast.experiments.regimes import seed_argv
 from occ_fast.forward import policy_logprobs
 
 T = torch.float64
@@ -100,6 +103,17 @@ def test_summary_markdown_states_the_scaling(tmp_path):
     text = (tmp_path / "summary.md").read_text()
     assert "| 1e-4 | 3 | +0.0100 | +0.300 |" in text and "| 5e-4 | 3 | +0.0500 | +0.300 |" in text
     assert "median |proxy lam| goes from 0.0200 to 0.1000 (5.0x)" in text
+    assert "(tiny preset, `occ`, 40 RL steps" in text  # results from before --preset: the tiny preset
+    proxy.write_summary(tmp_path / "summary.md", {**results, "preset": "carries"})
+    assert "(carries preset, `occ`, 40 RL steps" in (tmp_path / "summary.md").read_text()
+
+
+def test_every_run_and_the_warm_start_train_the_chosen_preset(tmp_path):
+    args = proxy.parse_args(["--preset", "carries", "--runs", str(tmp_path)])
+    cfg = parse_config(proxy.run_argv(args, "2e-4"))
+    assert (cfg.data.solution, cfg.optim.lr, cfg.mtp.regime) == ("carries", 2e-4, "occ")
+    warm = parse_config(seed_argv(SimpleNamespace(preset=args.preset, extra=args.extra, steps=args.steps), 0))
+    assert warm.data.solution == "carries" and warm.train.warmup_sft_steps > 0
 
 
 def test_experiment_end_to_end(tmp_path):

@@ -1,6 +1,6 @@
 """What the OCC proxy measures (method.md section 7): ``python -m occ_fast.experiments.proxy``.
 
-Trains the ``tiny`` preset under ``occ`` at several learning rates, from one shared SFT warm start,
+Trains a preset (default ``tiny``; ``--preset carries`` for the longer worked answers) under ``occ`` at several learning rates, from one shared SFT warm start,
 with the exact diagnostics on
 (``--mtp.exact-every``), and compares, on every diagnosed mini-batch, the proxy's coefficient, the
 exact optimum ``lam* = c / v2`` and ``corr(d_rl, gap) * rms(d_rl) / rms(gap)`` with
@@ -11,6 +11,7 @@ and the per-rate summary) and ``summary.md`` (the table the README includes)::
 
     python -m occ_fast.experiments.proxy --output benchmarks/results/occ-proxy
     python -m occ_fast.experiments.proxy --lrs 1e-4 2e-4 5e-4 --steps 30 --exact-every 2
+    python -m occ_fast.experiments.proxy --preset carries --output benchmarks/results/occ-proxy-carries
     python -m occ_fast.experiments.proxy --output benchmarks/results/occ-proxy --summarize-only
 """
 
@@ -42,7 +43,12 @@ ROW_KEYS = ("lam_proxy", "lam_star", "gap_form", "corr", "rms_d_rl", "rms_gap", 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m occ_fast.experiments.proxy",
-        description="OCC proxy vs exact lam* and the gap form, at several learning rates (tiny preset).",
+        description="OCC proxy vs exact lam* and the gap form, at several learning rates.",
+    )
+    parser.add_argument(
+        "--preset",
+        default="tiny",
+        help="trainer preset: a name in occ_fast/configs or a YAML path (default tiny)",
     )
     parser.add_argument(
         "--lrs", nargs="+", default=list(DEFAULT_LRS), help="learning rates (default 1e-4 2e-4 5e-4)"
@@ -85,7 +91,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def warm_start(args: argparse.Namespace) -> Path:
     """The SFT warm start every learning rate starts RL from, trained once (as the regime sweep does)."""
-    sweep = SimpleNamespace(output=args.runs, extra=args.extra, steps=args.steps)
+    sweep = SimpleNamespace(output=args.runs, preset=args.preset, extra=args.extra, steps=args.steps)
     target = warm_start_dir(sweep, args.seed)
     if not target.is_dir():
         build_warm_start(sweep, args.seed, Console(quiet=True))
@@ -94,6 +100,7 @@ def warm_start(args: argparse.Namespace) -> Path:
 
 def run_argv(args: argparse.Namespace, lr: str) -> list[str]:
     return [
+        "--preset", args.preset,
         *args.extra,
         "--model.name-or-path", str(warm_start_dir(SimpleNamespace(output=args.runs), args.seed)),
         "--model.mtp-init", "checkpoint",
@@ -153,7 +160,7 @@ def summarize_rows(rows: list[dict[str, float]]) -> dict[str, float]:
 def write_summary(path: Path, results: dict[str, Any]) -> None:
     """The markdown snippet the README includes: one row per learning rate, then the reading."""
     lines = [
-        f"Measured by `{results['command']}` (tiny preset, `occ`, {results['steps']} RL steps, exact "
+        f"Measured by `{results['command']}` ({results.get('preset', 'tiny')} preset, `occ`, {results['steps']} RL steps, exact "
         f"diagnostics every {results['exact_every']} steps on the last mini-batch; medians over the "
         "diagnosed steps; `gap form` = corr(d_rl, gap) · rms(d_rl) / rms(gap)):",
         "",
@@ -226,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results = {
         "command": "python -m occ_fast.experiments.proxy "
         + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "preset": args.preset,
         "steps": args.steps,
         "exact_every": args.exact_every,
         "seed": args.seed,

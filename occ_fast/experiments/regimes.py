@@ -1,6 +1,7 @@
 """The MTP regime comparison at small scale (method.md sections 5, 6, 8): ``python -m occ_fast.experiments.regimes``.
 
-Trains the ``tiny`` preset (2-digit addition, 80 RL steps; its settings unchanged) under ``detach``,
+Trains a preset (default ``tiny``: 2-digit addition, 80 RL steps; its settings unchanged; ``--preset
+carries``: 4-digit addition with the carries written out, a 1M-parameter model) under ``detach``,
 ``ce``, ``policy`` with fixed lam 0.1 / 0.5 / 1.0 and ``occ``, for S seeds each, one after the
 other, then scores every run greedily on held-out problems and writes ``results.md``,
 ``results.json``, ``summary.md`` (the snippet README.md includes), ``reward.png`` and ``lam.png`` to
@@ -12,10 +13,13 @@ the output directory (default
     python -m occ_fast.experiments.regimes --extra="--optim.lr 1e-3"     # any trainer override, every run
     python -m occ_fast.experiments.regimes --output runs/regimes-X --resume   # finish an interrupted sweep
     python -m occ_fast.experiments.regimes --regimes detach ce ce-1.0 detach-1.0   # the MTP CE weight c
+    python -m occ_fast.experiments.regimes --regimes detach policy-0.03 policy-3.0 occ occ-10.0  # dose-response
+    python -m occ_fast.experiments.regimes --preset carries --regimes detach ce occ  # the longer-answer task
     python -m occ_fast.experiments.regimes --output DIR --summarize-only  # tables again from DIR/results.json
 
 ``ce-<c>`` / ``detach-<c>`` set the MTP cross-entropy coefficient c (the preset's is 0.1), ``policy-<lam>``
-the fixed lam. The first setting is the reference of the paired differences in the table.
+the fixed lam, ``occ-<lam_plus>`` OCC's global scale lam_plus (the preset's is 1.0; the proxy scales
+with the learning rate, so its scale is OCC's free parameter). The first setting is the reference of the paired differences in the table.
 
 Shared warm start. The SFT warm start is done once per seed (``warm-start/seed<S>/``) and every
 regime of that seed starts RL from it (``--model.name-or-path``, SFT steps 0), with the same RNG
@@ -38,7 +42,9 @@ data seed 0; the split is fixed by the problem, so no training draw of any seed 
 MTP accuracy = mean ``mtp/accuracy`` over the last 10 steps; final lam = the coefficient applied to
 the MTP policy term at the last step (OCC's ``lam_t``, the fixed lam of ``policy``; none for
 ``detach``/``ce``, whose MTP term is a cross-entropy); OCC proxy lam = the last step's logged OCC
-estimate, which the trainer computes in every regime as a diagnostic.
+estimate, which the trainer computes in every regime as a diagnostic; forecast acceptance = mean
+``spec/forecast_acceptance_rate_n1`` over the last 10 steps, the share of the depth-1 head's greedy
+drafts that greedy verification of the sampled rollouts would accept (``occ_fast.spec_forecast``).
 """
 
 from __future__ import annotations
@@ -80,13 +86,16 @@ DEFAULT_SETTINGS = ("detach", "ce", "policy-0.1", "policy-0.5", "policy-1.0", "o
 POLICY_DEFAULT_LAMS = ("0.1", "0.5", "1.0")
 TAIL_STEPS = 10  # final reward and MTP accuracy average the last this many RL steps
 SMOOTH_WINDOW = 5  # trailing moving average of the plotted curves
-SUMMARY_KEYS = ("final_reward", "heldout_accuracy", "mtp_accuracy", "final_lam", "final_lam_proxy")
+FORECAST_KEY = "spec/forecast_acceptance_rate_n1"  # one drafted token per step of the depth-1 head
+SUMMARY_KEYS = (
+    "final_reward", "heldout_accuracy", "mtp_accuracy", "forecast_acceptance", "final_lam", "final_lam_proxy"
+)  # fmt: skip
 PAIRED_KEYS = ("final_reward", "heldout_accuracy", "mtp_accuracy")  # also as differences from the reference
 PAIRED_TITLES = {"final_reward": "reward", "heldout_accuracy": "held-out", "mtp_accuracy": "MTP accuracy"}
 # Trainer flags the sweep sets itself; an --extra naming one would silently change what is compared.
 CONTROLLED_FLAGS = frozenset(
     {
-        "--mtp.regime", "--mtp.coef", "--train.seed", "--data.seed", "--model.name-or-path",
+        "--mtp.regime", "--mtp.coef", "--mtp.lam-plus", "--preset", "--train.seed", "--data.seed", "--model.name-or-path",
         "--model.mtp-init", "--run.output-dir", "--run.name", "--run.resume",
     }
 )  # fmt: skip
@@ -95,14 +104,16 @@ CONTROLLED_FLAGS = frozenset(
 @dataclass(frozen=True)
 class Setting:
     """One regime setting of the sweep: ``detach``, ``ce``, ``occ``, or ``<regime>-<coef>`` for
-    ``policy`` (its fixed lam) and ``detach``/``ce`` (the MTP cross-entropy coefficient c)."""
+    ``policy`` (its fixed lam), ``detach``/``ce`` (the MTP cross-entropy coefficient c) and ``occ``
+    (its global scale lam_plus)."""
 
     name: str
     regime: str
-    coef: float | None = None  # None: the preset's mtp.coef
+    coef: float | None = None  # None: the preset's mtp.coef (mtp.lam_plus for occ)
 
     def flags(self) -> list[str]:
-        coef = [] if self.coef is None else ["--mtp.coef", repr(self.coef)]
+        flag = "--mtp.lam-plus" if self.regime == "occ" else "--mtp.coef"
+        coef = [] if self.coef is None else [flag, repr(self.coef)]
         return ["--mtp.regime", self.regime, *coef]
 
 
@@ -115,12 +126,12 @@ def parse_settings(names: Sequence[str]) -> list[Setting]:
             settings.append(Setting(name, name))
         elif name == "policy":
             settings += [Setting(f"policy-{lam}", "policy", float(lam)) for lam in POLICY_DEFAULT_LAMS]
-        elif regime in ("policy", "detach", "ce") and _is_positive_float(coef):
+        elif regime in ("policy", "detach", "ce", "occ") and _is_positive_float(coef):
             settings.append(Setting(name, regime, float(coef)))
         else:
             raise ValueError(
                 f"unknown regime {name!r}: use detach, ce, occ, policy (= policy-0.1 policy-0.5 policy-1.0), "
-                "policy-<lam>, ce-<coef> or detach-<coef> with a coefficient > 0"
+                "policy-<lam>, ce-<coef>, detach-<coef> or occ-<lam_plus> with a coefficient > 0"
             )
     duplicates = sorted({s.name for s in settings if [t.name for t in settings].count(s.name) > 1})
     if duplicates:
@@ -138,7 +149,12 @@ def _is_positive_float(text: str) -> bool:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m occ_fast.experiments.regimes",
-        description="Train the tiny preset under every MTP regime for several seeds; compare them.",
+        description="Train a preset under every MTP regime for several seeds; compare them.",
+    )
+    parser.add_argument(
+        "--preset",
+        default="tiny",
+        help="trainer preset of every run: a name in occ_fast/configs or a YAML path (default tiny)",
     )
     parser.add_argument("--seeds", type=int, default=3, help="seeds per setting: 0 .. S-1 (default 3)")
     parser.add_argument(
@@ -146,7 +162,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         nargs="+",
         default=list(DEFAULT_SETTINGS),
         help="settings to run: detach ce occ policy (= policy-0.1 policy-0.5 policy-1.0) policy-<lam> "
-        "ce-<coef> detach-<coef>",
+        "ce-<coef> detach-<coef> occ-<lam_plus>",
     )
     parser.add_argument("--steps", type=int, help="RL steps per run (default: the preset's, 80)")
     parser.add_argument("--output", type=Path, help="output directory (default ./runs/regimes-<timestamp>)")
@@ -190,7 +206,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def seed_argv(args: argparse.Namespace, seed: int) -> list[str]:
     """Trainer flags shared by the warm start and every run of ``seed``."""
     steps = ["--train.steps", str(args.steps)] if args.steps is not None else []
-    return [*args.extra, *steps, "--train.seed", str(seed), "--data.seed", str(seed)]
+    return ["--preset", args.preset, *args.extra, *steps, "--train.seed", str(seed), "--data.seed", str(seed)]
 
 
 def warm_start_dir(args: argparse.Namespace, seed: int) -> Path:
@@ -255,6 +271,7 @@ def run_numbers(setting: Setting, seed: int, cfg: Config, heldout: float) -> dic
     last_lam = metrics[-1].get("mtp/lam")
     applied = {"occ": last_lam, "policy": setting.coef}.get(setting.regime)
     mtp_hits = [m["mtp/accuracy"] for m in tail if "mtp/accuracy" in m]  # absent without MTP heads
+    accepted = [m[FORECAST_KEY] for m in tail if FORECAST_KEY in m]
     return {
         "setting": setting.name,
         "regime": setting.regime,
@@ -264,6 +281,7 @@ def run_numbers(setting: Setting, seed: int, cfg: Config, heldout: float) -> dic
         "final_reward": statistics.mean(m["reward/mean"] for m in tail),
         "heldout_accuracy": heldout,
         "mtp_accuracy": statistics.mean(mtp_hits) if mtp_hits else None,
+        "forecast_acceptance": statistics.mean(accepted) if accepted else None,
         "final_lam": applied,
         "final_lam_proxy": last_lam,
     }
@@ -309,8 +327,10 @@ def _fmt(stat: dict[str, float | None], signed: bool = False, digits: int | None
 def command_line(results: dict[str, Any]) -> str:
     """The command that reproduces a sweep, from its results.json."""
     extra = f" --extra={shlex.quote(shlex.join(results['extra']))}" if results["extra"] else ""
+    preset = results.get("preset", "tiny")  # sweeps before --preset trained the tiny preset
+    preset = "" if preset == "tiny" else f" --preset {shlex.quote(preset)}"
     return (
-        f"python -m occ_fast.experiments.regimes --regimes {' '.join(results['settings'])} "
+        f"python -m occ_fast.experiments.regimes{preset} --regimes {' '.join(results['settings'])} "
         f"--seeds {results['seeds']} --steps {' '.join(map(str, results['rl_steps']))} "
         f"--held-out {results['held_out']}{extra}"
     )
@@ -321,7 +341,9 @@ def table_lines(results: dict[str, Any]) -> list[str]:
     summary = results["summary"]
     lam_keys = [k for k in ("final_lam", "final_lam_proxy") if all(k in s for s in summary.values())]
     lam_titles = {"final_lam": "final lam", "final_lam_proxy": "OCC proxy lam"}
+    forecast = all(s.get("forecast_acceptance", {}).get("mean") is not None for s in summary.values())
     header = ["regime", "seeds", "final reward", "held-out accuracy", "MTP accuracy"]
+    header += ["forecast acceptance"] if forecast else []
     header += [f"paired Δ {PAIRED_TITLES[k]}" for k in PAIRED_KEYS] + [lam_titles[k] for k in lam_keys]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, s in summary.items():
@@ -332,6 +354,7 @@ def table_lines(results: dict[str, Any]) -> list[str]:
             _fmt(s["heldout_accuracy"]),
             _fmt(s["mtp_accuracy"]),
         ]
+        cells += [_fmt(s["forecast_acceptance"])] if forecast else []
         cells += [_fmt(s[f"paired_{key}"], True, 3) for key in PAIRED_KEYS]
         cells += [_fmt(s[key], True) for key in lam_keys]
         lines.append("| " + " | ".join(cells) + " |")
@@ -398,7 +421,7 @@ def write_markdown(path: Path, results: dict[str, Any]) -> None:
     lines = [
         "# MTP regime comparison at small scale",
         "",
-        f"Seeds {results['seeds']}; RL steps {', '.join(map(str, results['rl_steps']))}; "
+        f"Preset `{results.get('preset', 'tiny')}`; seeds {results['seeds']}; RL steps {', '.join(map(str, results['rl_steps']))}; "
         f"extra overrides `{shlex.join(results['extra'])}`; held-out problems {results['held_out']} (greedy). "
         f"Mean ± sample std over seeds. Final reward and MTP accuracy: mean of the last {TAIL_STEPS} RL "
         f"steps. Paired Δ: the per-seed difference from `{reference}` (same warm start), mean ± std. "
@@ -501,10 +524,60 @@ def write_plots(output: Path, runs: list[dict[str, Any]], settings: list[Setting
             axes.legend()
     figure.tight_layout()
     figure.savefig(output / "lam.png")
+    write_dose_plot(output, runs, settings)
+
+
+def write_dose_plot(output: Path, runs: list[dict[str, Any]], settings: list[Setting]) -> None:
+    """``dose.png``: paired Δ held-out accuracy and forecast acceptance against the coefficient, for
+    ``policy`` (its fixed lam) and ``occ`` (lam_plus), when the sweep has two or more of either."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    reference = {r["seed"]: r for r in runs if r["setting"] == settings[0].name}
+    series = {
+        regime: [s for s in settings if s.regime == regime and s != settings[0]]
+        for regime in ("policy", "occ")
+    }
+    series = {regime: members for regime, members in series.items() if len(members) >= 2}
+    if not series:
+        return
+    figure = Figure(figsize=(12, 4.5), dpi=100)
+    FigureCanvasAgg(figure)
+    panels = figure.subplots(1, 2)
+    for (regime, members), marker in zip(series.items(), ("o", "s")):
+        for axes, key in zip(panels, ("heldout_accuracy", "forecast_acceptance")):
+            points = []
+            for s in members:
+                diffs = [
+                    r[key] - reference[r["seed"]][key]
+                    for r in runs
+                    if r["setting"] == s.name and r["seed"] in reference
+                    and r.get(key) is not None and reference[r["seed"]].get(key) is not None
+                ]  # fmt: skip
+                if diffs:
+                    points.append((1.0 if s.coef is None else s.coef, np.mean(diffs), np.std(diffs)))
+            if points:
+                x, mean, std = map(np.array, zip(*sorted(points)))
+                label = f"{regime} ({'lam' if regime == 'policy' else 'lam_plus'})"
+                axes.errorbar(x, mean, yerr=std, marker=marker, capsize=3, label=label)
+    for axes, title in zip(panels, ("held-out accuracy", "forecast acceptance")):
+        axes.set_xscale("log")
+        axes.axhline(0.0, color="black", linewidth=0.5)
+        axes.set(
+            xlabel="coefficient (log)",
+            ylabel=f"paired Δ from {settings[0].name}",
+            title=f"{title}: paired Δ (mean ± std over seeds)",
+        )
+        axes.grid(alpha=0.3)
+        if axes.get_legend_handles_labels()[0]:
+            axes.legend()
+    figure.tight_layout()
+    figure.savefig(output / "dose.png")
 
 
 def write_results(args: argparse.Namespace, runs: list[dict[str, Any]], warm: list[dict[str, Any]]) -> None:
     results = {
+        "preset": args.preset,
         "settings": [s.name for s in args.settings],
         "seeds": args.seeds,
         "rl_steps": sorted({r["steps"] for r in runs}),
