@@ -13,7 +13,7 @@ from test_diagnostics import TEMPERATURE, make_samples, mini_batch, stats, tiny_
 from occ_fast.algorithm import LossConfig, occ_coefficient
 from occ_fast.algorithm.occ import gap_form
 from occ_fast.experiments import proxy
-from occ_fast.forward import policy_logprobs
+from occ_fast.policy.forward import policy_logprobs
 
 T = torch.float64
 
