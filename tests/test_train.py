@@ -10,7 +10,7 @@ import torch
 from rich.console import Console
 from safetensors.torch import load_file
 
-import occ_fast.training.setup as setup_module
+import occ_fast.training.setup as training_setup
 import occ_fast.training.update as update_module
 from occ_fast.checkpointing.files import find_latest
 from occ_fast.config import ConfigError, parse_config
@@ -109,7 +109,7 @@ def test_nan_loss_is_skipped_counted_and_never_applied(tmp_path, monkeypatch):
     def capture(cfg_, model, tokenizer, progress):
         before.update({k: v.detach().clone() for k, v in model.state_dict().items()})
 
-    monkeypatch.setattr(setup_module, "sft_warm_start", capture)
+    monkeypatch.setattr(training_setup, "sft_warm_start", capture)
     train(cfg)
     metrics = read_metrics(cfg.run_dir)[0]
     assert metrics["optim/nan_skipped"] == 1
@@ -225,7 +225,7 @@ def test_gradient_checkpointing_trains_the_same_weights(tmp_path):
         ("--model.gradient-checkpointing", True),
         ("--model.no-gradient-checkpointing", False),
     ):
-        run = setup_module.setup(fast_config(tmp_path, flag, name=f"setup{active}"), Console(quiet=True))
+        run = training_setup.setup(fast_config(tmp_path, flag, name=f"setup{active}"), Console(quiet=True))
         assert run.model.base.is_gradient_checkpointing is active
         run.scorer.close()
         run.metrics.close()
