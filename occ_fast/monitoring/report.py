@@ -9,6 +9,7 @@ from pathlib import Path
 from occ_fast.config import Config
 from occ_fast.monitoring.diagnostics import proxy_exact_correlation
 
+# The PNG plots a run draws (``run.plot_every`` and at the end): file name -> the metrics it shows.
 PLOTS = {
     "reward": ["reward/mean", "reward/accuracy", "eval/avg_at_k"],
     "occ_lambda": ["mtp/lam", "mtp/lam_min", "mtp/lam_max", "mtp/lam_first_minibatch"],
@@ -23,7 +24,6 @@ PLOTS = {
         "mismatch/frac_above_threshold",
     ],
 }
-# User errors found at start (bad data, reward function, checkpoint): one line, no traceback.
 PLOT_YLABELS = {
     "reward": "reward / accuracy (share of samples)",
     "occ_lambda": "MTP coefficient lam",
