@@ -2,7 +2,7 @@
 
 GPU: CUDA-event timings (median of repeats after warm-up) and ``max_memory_allocated`` above the
 inputs. CPU: wall-clock medians, and peak memory as the growth of the resident high-water mark
-(``occ_fast.memory``) in a fresh interpreter.
+(``occ_fast.kernels.memory``) in a fresh interpreter.
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ else:
 
 _CPU_PEAK_SCRIPT = r"""
 import sys, torch
-from occ_fast import memory
+from occ_fast.kernels import memory
 from occ_fast.kernels import linear_logprob
 n, h, v, impl, mode = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
 hidden = torch.randn(n, h, requires_grad=True); weight = torch.randn(v, h, requires_grad=True)

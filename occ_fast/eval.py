@@ -45,10 +45,10 @@ from rich.markup import escape
 from rich.table import Table
 from transformers import AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
+from occ_fast.avg_at_k import evaluate
 from occ_fast.data import PromptRecord, load_prompt_file
-from occ_fast.evaluation import evaluate
 from occ_fast.model import choose_attn_implementation, load_config
-from occ_fast.progress import progress_bars
+from occ_fast.monitoring.progress import progress_bars
 from occ_fast.rewards import RewardScorer
 from occ_fast.rollout import RolloutEngine, TransformersEngine
 from occ_fast.tokenizer import load_tokenizer

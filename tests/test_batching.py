@@ -8,9 +8,9 @@ import torch
 from model_helpers import small_qwen2_mtp
 
 from occ_fast.algorithm import LossConfig, compute_loss
-from occ_fast.batching import Sample, make_micro_batches
-from occ_fast.forward import policy_logprobs
 from occ_fast.model import MTPModel
+from occ_fast.policy.batching import Sample, make_micro_batches
+from occ_fast.policy.forward import policy_logprobs
 
 VOCAB = 61
 

@@ -9,13 +9,8 @@ import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
-from occ_fast.checkpoint import (
-    CheckpointError,
-    checkpoint_dir,
-    find_latest,
-    load_checkpoint,
-    save_checkpoint,
-)
+from occ_fast.checkpointing.files import CheckpointError, checkpoint_dir, find_latest
+from occ_fast.checkpointing.single_process import load_checkpoint, save_checkpoint
 
 VOCAB = 64
 

@@ -6,12 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from occ_fast.build import build_tokenizer, synthetic_task
 from occ_fast.config import ConfigError, parse_config
 from occ_fast.data import ArithmeticTask
 from occ_fast.data.synthetic import worked_addition
 from occ_fast.rewards import arithmetic_reward
-from occ_fast.sft import supervised_samples
+from occ_fast.training.build import build_tokenizer, synthetic_task
+from occ_fast.training.warm_start import supervised_samples
 
 COLUMN = re.compile(r"(\d)\+(\d)\+([01])=(\d+)")
 

@@ -13,11 +13,12 @@ from model_helpers import small_qwen2_mtp
 from torch import nn
 
 from occ_fast.algorithm import LossConfig, compute_loss, padded_response_entries, policy_loss
-from occ_fast.batching import Sample, make_micro_batches
-from occ_fast.diagnostics import _accumulate, exact_gradient_stats, proxy_exact_correlation
-from occ_fast.forward import policy_logprobs
 from occ_fast.model import MTPModel
-from occ_fast.train import UpdateStats, update_mini_batch
+from occ_fast.monitoring.diagnostics import _accumulate, exact_gradient_stats, proxy_exact_correlation
+from occ_fast.policy.batching import Sample, make_micro_batches
+from occ_fast.policy.forward import policy_logprobs
+from occ_fast.training.update import update_mini_batch
+from occ_fast.training.update_stats import UpdateStats
 
 VOCAB = 61
 TEMPERATURE = 0.9

@@ -28,30 +28,23 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from occ_fast.algorithm import LossConfig, compute_loss
-from occ_fast.batching import MicroBatch, Sample, make_micro_batches
-from occ_fast.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from occ_fast.config import OptimConfig
-from occ_fast.distributed import (
-    DistributedEnvError,
-    all_gather_ints,
-    clip_grad_norm,
-    gather_metrics,
-    global_positions,
-    global_sum,
-    init_distributed,
-    pad_micro_batches,
-    shard_model,
-    shard_prompts,
-)
-from occ_fast.forward import policy_logprobs
-from occ_fast.model import MTPModel, load_mtp_model
-from occ_fast.optim import build_optimizer, build_scheduler
-from occ_fast.sharded_checkpoint import (
+from occ_fast.checkpointing.files import CheckpointError
+from occ_fast.checkpointing.sharded import (
     export_hf,
     is_sharded_checkpoint,
     load_sharded_checkpoint,
     save_sharded_checkpoint,
 )
+from occ_fast.checkpointing.single_process import load_checkpoint, save_checkpoint
+from occ_fast.config import OptimConfig
+from occ_fast.distributed.collectives import all_gather_ints, gather_metrics, global_sum
+from occ_fast.distributed.data_parallel import global_positions, pad_micro_batches, shard_prompts
+from occ_fast.distributed.fsdp import clip_grad_norm, shard_model
+from occ_fast.distributed.process_group import DistributedEnvError, init_distributed
+from occ_fast.model import MTPModel, load_mtp_model
+from occ_fast.policy.batching import MicroBatch, Sample, make_micro_batches
+from occ_fast.policy.forward import policy_logprobs
+from occ_fast.training.optim import build_optimizer, build_scheduler
 
 SEED = 4
 GROUP = 3  # completions per prompt
@@ -296,7 +289,7 @@ def test_sharded_checkpoint_from_two_ranks_loads_in_one_process(two_ranks, caplo
     model = tied_model(SEED + 2)  # different weights, overwritten by the load
     optimizer = build_optimizer(model, OPTIM_CFG)
     scheduler = build_scheduler(optimizer, OPTIM_CFG, total_steps=10)
-    with caplog.at_level(logging.WARNING, logger="occ_fast.sharded_checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="occ_fast.checkpointing.sharded"):
         loaded = load_sharded_checkpoint(path, model, optimizer, scheduler)
     assert not dist.is_initialized()
     assert "RNG state not restored" in caplog.text
@@ -341,7 +334,7 @@ def test_sharded_checkpoint_in_one_process_restores_rng_and_prunes(tmp_path):
         load_sharded_checkpoint(path, fresh, scheduler=build_scheduler(fresh_optimizer, OPTIM_CFG, 10))
     assert is_sharded_checkpoint(path) and not is_sharded_checkpoint(tmp_path / "missing")
     with pytest.raises(
-        CheckpointError, match="dcp \\(sharded\\) checkpoint: load it with occ_fast.sharded_checkpoint"
+        CheckpointError, match="dcp \\(sharded\\) checkpoint: load it with occ_fast.checkpointing.sharded"
     ):
         load_checkpoint(path, fresh)
     plain = save_checkpoint(tmp_path / "plain", 0, fresh)

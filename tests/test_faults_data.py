@@ -11,10 +11,11 @@ import pytest
 from faults_helpers import arithmetic_rows, fast_args, file_data_args, write_jsonl
 from rich.console import Console
 
-import occ_fast.train as train_module
+import occ_fast.training.setup as training_setup
 from occ_fast.config import ConfigError, parse_config
 from occ_fast.data import load_prompt_file
-from occ_fast.train import main, setup
+from occ_fast.train import main
+from occ_fast.training.setup import setup
 
 
 def test_max_prompt_tokens_drops_long_prompts_at_load_and_counts_them(tmp_path, caplog):
@@ -64,8 +65,8 @@ def test_malformed_training_data_is_one_line_before_any_model_is_built(
     def must_not_build(*args, **kwargs):
         raise AssertionError("the model was built before the data was checked")
 
-    monkeypatch.setattr(train_module, "build_model", must_not_build)
-    monkeypatch.setattr(train_module, "build_tokenizer", must_not_build)
+    monkeypatch.setattr(training_setup, "build_model", must_not_build)
+    monkeypatch.setattr(training_setup, "build_tokenizer", must_not_build)
     path = make(tmp_path)
     assert main(fast_args(tmp_path, "r", *file_data_args(path))) == 2
     err = " ".join(capsys.readouterr().err.split())

@@ -19,7 +19,7 @@ import torch
 from faults_helpers import TESTS_DIR, trainer_env
 from test_train_distributed import COMPARED, TORCHRUN_TIMEOUT_S, argv, metrics, weights
 
-from occ_fast.checkpoint import find_latest
+from occ_fast.checkpointing.files import find_latest
 from occ_fast.config import parse_config
 from occ_fast.train import train
 

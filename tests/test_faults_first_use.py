@@ -7,7 +7,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from occ_fast.config import Config, list_presets, load_preset, parse_config
-from occ_fast.metrics import draw_panel
+from occ_fast.monitoring.metrics import draw_panel
 
 
 def test_help_usage_names_the_module_command(capsys):

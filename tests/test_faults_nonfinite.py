@@ -8,8 +8,8 @@ import math
 
 from faults_helpers import fast_args
 
-import occ_fast.train as train_module
-from occ_fast.metrics import MetricsLogger
+import occ_fast.training.update as update_module
+from occ_fast.monitoring.metrics import MetricsLogger
 from occ_fast.train import main
 
 
@@ -23,7 +23,7 @@ def strict_json_lines(path) -> list[dict]:
 def test_consecutive_nonfinite_updates_stop_the_run_naming_the_last_good_checkpoint(
     tmp_path, monkeypatch, capsys
 ):
-    real_compute_loss = train_module.compute_loss
+    real_compute_loss = update_module.compute_loss
     calls = {"n": 0}
 
     def poisoned_from_step_2(*args, **kwargs):  # 2 mini-batches of 1 micro-batch per step
@@ -31,7 +31,7 @@ def test_consecutive_nonfinite_updates_stop_the_run_naming_the_last_good_checkpo
         calls["n"] += 1
         return (loss * float("nan") if calls["n"] > 4 else loss), metrics
 
-    monkeypatch.setattr(train_module, "compute_loss", poisoned_from_step_2)
+    monkeypatch.setattr(update_module, "compute_loss", poisoned_from_step_2)
     args = fast_args(
         tmp_path, "r", "--train.steps", "10", "--run.save-every", "1", "--optim.micro-batch-size", "8",
         "--optim.max-nonfinite-updates", "4",

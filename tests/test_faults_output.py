@@ -11,8 +11,8 @@ import stat
 import pytest
 from faults_helpers import fast_args
 
-import occ_fast.checkpoint_files as checkpoint_files
-import occ_fast.train as train_module
+import occ_fast.checkpointing.files as checkpoint_files
+import occ_fast.training.setup as training_setup
 from occ_fast.train import main
 
 
@@ -20,7 +20,7 @@ def no_model(monkeypatch):
     def must_not_build(*args, **kwargs):
         raise AssertionError("the model was built before the output directory was checked")
 
-    monkeypatch.setattr(train_module, "build_model", must_not_build)
+    monkeypatch.setattr(training_setup, "build_model", must_not_build)
 
 
 def test_output_path_that_is_a_file(tmp_path, capsys, monkeypatch):

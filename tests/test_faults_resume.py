@@ -8,8 +8,8 @@ import json
 import pytest
 from faults_helpers import fast_args
 
+from occ_fast.checkpointing.resume import config_changes
 from occ_fast.config import Config, ConfigError, parse_config
-from occ_fast.resume import config_changes
 from occ_fast.train import train
 
 

@@ -14,7 +14,8 @@ from rich.console import Console
 from occ_fast.config import parse_config
 from occ_fast.data import DatasetError
 from occ_fast.rewards import RewardScorer
-from occ_fast.train import main, setup
+from occ_fast.train import main
+from occ_fast.training.setup import setup
 
 
 def test_in_process_scoring_holds_the_time_limit():

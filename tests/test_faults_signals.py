@@ -12,7 +12,7 @@ import time
 
 from faults_helpers import Trainer, fast_args, run_trainer
 
-from occ_fast.checkpoint import find_latest
+from occ_fast.checkpointing.files import find_latest
 
 
 def steps_logged(run_dir) -> list[int]:

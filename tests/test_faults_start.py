@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from faults_helpers import fast_args
 
+from occ_fast.checkpointing.resume import resolve_resume
 from occ_fast.config import parse_config
-from occ_fast.train import main, resolve_resume
+from occ_fast.train import main
 
 
 def test_failed_start_does_not_block_the_same_command_nor_its_resume(tmp_path, capsys):

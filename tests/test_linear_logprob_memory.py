@@ -1,7 +1,7 @@
 """The chunked path's extra memory does not grow with M x V (the naive path's does).
 
 Peak memory is the growth of the process's resident high-water mark while one fwd+bwd runs
-(``occ_fast.memory``), in a fresh interpreter per measurement, with glibc's mmap threshold fixed
+(``occ_fast.kernels.memory``), in a fresh interpreter per measurement, with glibc's mmap threshold fixed
 so that freed chunk buffers go back to the system (glibc otherwise raises the threshold after the
 first large free and keeps later buffers on a heap that only grows). Sizes are chosen so that
 the ``[M, V]`` logits (fp32) are over 100 MB.
@@ -16,11 +16,11 @@ import sys
 
 import pytest
 
-from occ_fast import memory
+from occ_fast.kernels import memory
 
 _MEASURE = r"""
 import json, sys, torch
-from occ_fast import memory
+from occ_fast.kernels import memory
 from occ_fast.kernels import linear_logprob
 m, v, h, impl = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 torch.manual_seed(0)

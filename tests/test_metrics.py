@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from occ_fast.metrics import MetricsLogger, plot_metrics, read_metrics
+from occ_fast.monitoring.metrics import MetricsLogger, plot_metrics, read_metrics
 
 PANELS = {"reward": ["reward/mean", "accuracy"], "occ lam": ["occ/lam"], "eval": ["eval/accuracy"]}
 

@@ -11,9 +11,10 @@ import torch
 from test_diagnostics import TEMPERATURE, make_samples, tiny_model
 
 from occ_fast.algorithm import LossConfig, occ_coefficient, padded_response_entries
-from occ_fast.batching import Sample, make_micro_batches
-from occ_fast.forward import policy_logprobs
-from occ_fast.train import UpdateStats, update_mini_batch
+from occ_fast.policy.batching import Sample, make_micro_batches
+from occ_fast.policy.forward import policy_logprobs
+from occ_fast.training.update import update_mini_batch
+from occ_fast.training.update_stats import UpdateStats
 
 # Three sequences, responses of 2, 4 and 3 tokens: B = 3, R = 4, B x R = 12 entries, 9 valid.
 #   d_rl  = [0.2, -0.1 | 0.4, 0.1, 0.3, -0.2 | 0.5, 0.1, -0.3]

@@ -10,8 +10,9 @@ import torch
 from test_diagnostics import TEMPERATURE, make_samples, mini_batch, tiny_model
 
 from occ_fast.algorithm import CoefficientLog, LossConfig
-from occ_fast.batching import make_micro_batches
-from occ_fast.train import UpdateStats, update_mini_batch
+from occ_fast.policy.batching import make_micro_batches
+from occ_fast.training.update import update_mini_batch
+from occ_fast.training.update_stats import UpdateStats
 
 
 def test_coefficient_log_by_hand():

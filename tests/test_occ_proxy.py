@@ -16,7 +16,7 @@ from occ_fast.algorithm.occ import gap_form
 from occ_fast.config import parse_config
 from occ_fast.experiments import proxy
 from occ_fast.experiments.regimes import seed_argv
-from occ_fast.forward import policy_logprobs
+from occ_fast.policy.forward import policy_logprobs
 
 T = torch.float64
 

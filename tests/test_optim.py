@@ -10,7 +10,7 @@ from torch import nn
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from occ_fast.config import OptimConfig
-from occ_fast.optim import build_optimizer, build_scheduler, decay_split, lr_factor
+from occ_fast.training.optim import build_optimizer, build_scheduler, decay_split, lr_factor
 
 
 def _tiny_qwen2(tied: bool) -> nn.Module:

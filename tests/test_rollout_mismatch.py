@@ -13,7 +13,8 @@ from occ_fast.algorithm import LossConfig, compute_loss
 from occ_fast.algorithm.rollout_mismatch import MismatchLog, rollout_is_weights
 from occ_fast.algorithm.sequences import sequence_index
 from occ_fast.config import ConfigError, parse_config
-from occ_fast.train import step_line, train
+from occ_fast.monitoring.report import step_line
+from occ_fast.train import train
 
 T = torch.float64
 

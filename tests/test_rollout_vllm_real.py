@@ -23,13 +23,13 @@ if os.environ.get("OCC_FAST_REQUIRE_VLLM") == "1":
 else:
     pytest.importorskip("vllm")
 
-from occ_fast.batching import Sample, make_micro_batches  # noqa: E402
-from occ_fast.checkpoint_files import capture_rng_state  # noqa: E402
-from occ_fast.forward import policy_logprobs  # noqa: E402
+from occ_fast.checkpointing.files import capture_rng_state  # noqa: E402
 from occ_fast.model import MTPModel, save_mtp_model  # noqa: E402
+from occ_fast.monitoring.spec_forecast import draft_counts, forecast  # noqa: E402
+from occ_fast.policy.batching import Sample, make_micro_batches  # noqa: E402
+from occ_fast.policy.forward import policy_logprobs  # noqa: E402
 from occ_fast.rollout.base import SamplingParams  # noqa: E402
 from occ_fast.rollout.vllm_engine import VLLMEngine, WeightSyncError, to_results  # noqa: E402
-from occ_fast.spec_forecast import draft_counts, forecast  # noqa: E402
 
 # head_dim 64 (hidden 128, 2 heads): the CPU attention backend refuses head_dim 16.
 CONFIG = dict(

@@ -6,9 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from model_helpers import small_qwen2_mtp
 
-from occ_fast.batching import Sample, make_micro_batches
-from occ_fast.forward import policy_logprobs
-from occ_fast.spec_forecast import draft_counts, forecast, one_token_schedule
+from occ_fast.monitoring.spec_forecast import draft_counts, forecast, one_token_schedule
+from occ_fast.policy.batching import Sample, make_micro_batches
+from occ_fast.policy.forward import policy_logprobs
 
 
 def replay(drafts: list[bool], accepted: list[bool]) -> list[bool]:

@@ -10,14 +10,15 @@ import torch
 from rich.console import Console
 from safetensors.torch import load_file
 
-import occ_fast.train as train_module
-from occ_fast.batching import make_micro_batches
-from occ_fast.build import build_model, build_tokenizer, train_records
-from occ_fast.checkpoint import find_latest
+import occ_fast.training.setup as training_setup
+import occ_fast.training.update as update_module
+from occ_fast.checkpointing.files import find_latest
 from occ_fast.config import ConfigError, parse_config
-from occ_fast.forward import policy_logprobs
-from occ_fast.sft import supervised_samples
+from occ_fast.policy.batching import make_micro_batches
+from occ_fast.policy.forward import policy_logprobs
 from occ_fast.train import main, train
+from occ_fast.training.build import build_model, build_tokenizer, train_records
+from occ_fast.training.warm_start import supervised_samples
 
 FAST = [
     "--model.tiny.hidden-size", "32",
@@ -90,7 +91,7 @@ def test_resume_continues_exactly(tmp_path):
 
 
 def test_nan_loss_is_skipped_counted_and_never_applied(tmp_path, monkeypatch):
-    real_compute_loss = train_module.compute_loss
+    real_compute_loss = update_module.compute_loss
     calls = {"n": 0}
 
     def poisoned(*args, **kwargs):
@@ -98,7 +99,7 @@ def test_nan_loss_is_skipped_counted_and_never_applied(tmp_path, monkeypatch):
         calls["n"] += 1
         return (loss * float("nan") if calls["n"] <= 2 else loss), metrics  # the first mini-batch: 2 micro
 
-    monkeypatch.setattr(train_module, "compute_loss", poisoned)
+    monkeypatch.setattr(update_module, "compute_loss", poisoned)
     cfg = fast_config(
         tmp_path, "--train.steps", "1", "--optim.mini-batches", "1", "--optim.micro-batch-size", "8",
         "--mtp.regime", "ce",  # one mini-batch: occ is refused there (its coefficient would stay 0)
@@ -108,7 +109,7 @@ def test_nan_loss_is_skipped_counted_and_never_applied(tmp_path, monkeypatch):
     def capture(cfg_, model, tokenizer, progress):
         before.update({k: v.detach().clone() for k, v in model.state_dict().items()})
 
-    monkeypatch.setattr(train_module, "sft_warm_start", capture)
+    monkeypatch.setattr(training_setup, "sft_warm_start", capture)
     train(cfg)
     metrics = read_metrics(cfg.run_dir)[0]
     assert metrics["optim/nan_skipped"] == 1
@@ -224,7 +225,7 @@ def test_gradient_checkpointing_trains_the_same_weights(tmp_path):
         ("--model.gradient-checkpointing", True),
         ("--model.no-gradient-checkpointing", False),
     ):
-        run = train_module.setup(fast_config(tmp_path, flag, name=f"setup{active}"), Console(quiet=True))
+        run = training_setup.setup(fast_config(tmp_path, flag, name=f"setup{active}"), Console(quiet=True))
         assert run.model.base.is_gradient_checkpointing is active
         run.scorer.close()
         run.metrics.close()

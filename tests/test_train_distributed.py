@@ -27,11 +27,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
 
-from occ_fast.batching import Sample
-from occ_fast.checkpoint import CheckpointError
+from occ_fast.checkpointing.files import CheckpointError
+from occ_fast.checkpointing.resume import load_any_checkpoint
 from occ_fast.config import ConfigError, parse_config
-from occ_fast.distributed import shard_prompts
-from occ_fast.train import check_world_size, load_any_checkpoint, mini_batches, train
+from occ_fast.distributed.data_parallel import shard_prompts
+from occ_fast.policy.batching import Sample
+from occ_fast.train import train
+from occ_fast.training.setup import check_world_size
+from occ_fast.training.update import mini_batches
 
 TORCHRUN_TIMEOUT_S = 240
 TESTS = os.path.dirname(os.path.abspath(__file__))

@@ -14,13 +14,16 @@ from rich.console import Console
 from test_diagnostics import TEMPERATURE, make_samples, tiny_model
 from test_train import fast_config
 
-import occ_fast.train as train_module
+import occ_fast.training.update as update_module
 from occ_fast.algorithm import LossConfig
 from occ_fast.algorithm.policy_loss import clipped_surrogate, policy_loss
-from occ_fast.batching import make_micro_batches
 from occ_fast.config import AlgorithmConfig, parse_config
-from occ_fast.forward import policy_logprobs
-from occ_fast.train import UpdateStats, old_main_logprobs, update_mini_batch
+from occ_fast.policy.batching import make_micro_batches
+from occ_fast.policy.forward import policy_logprobs
+from occ_fast.training.setup import setup
+from occ_fast.training.step import rl_step
+from occ_fast.training.update import old_main_logprobs, update_mini_batch
+from occ_fast.training.update_stats import UpdateStats
 
 
 def one_step(precompute: bool, regime: str) -> tuple[dict[str, torch.Tensor], dict[str, float], list]:
@@ -80,7 +83,7 @@ class LoopRecorder:
         self.rollout_weights = None  # the model as it was when the RL step's rollouts were sampled
         self.last_micro = None
         self.optimizer_steps = 0
-        real_forward, real_loss = train_module.policy_logprobs, train_module.compute_loss
+        real_forward, real_loss = update_module.policy_logprobs, update_module.compute_loss
 
         def forward(model, micro, **kwargs):
             if kwargs.get("with_entropy"):  # the training forward (old log-probs use with_mtp=False)
@@ -97,8 +100,8 @@ class LoopRecorder:
             self.lrs.append(optimizer.param_groups[0]["lr"])
             self.optimizer_steps += 1
 
-        monkeypatch.setattr(train_module, "policy_logprobs", forward)
-        monkeypatch.setattr(train_module, "compute_loss", loss)
+        monkeypatch.setattr(update_module, "policy_logprobs", forward)
+        monkeypatch.setattr(update_module, "compute_loss", loss)
         run.optimizer.register_step_pre_hook(before_step)
 
     def _record(self, lp_old, lp_main, advantages, lp_rollout) -> dict:
@@ -130,7 +133,7 @@ class LoopRecorder:
         for step in range(count):
             self.rl_step = step
             self.rollout_weights = copy.deepcopy(self.run.model).eval()
-            metrics.append(train_module.rl_step(self.run, step))
+            metrics.append(rl_step(self.run, step))
         return metrics
 
 
@@ -139,7 +142,7 @@ def loop(tmp_path_factory):
     """Two RL steps of the real loop on a real run (setup, rollouts, rewards), recorded."""
     with pytest.MonkeyPatch.context() as monkeypatch:
         cfg = fast_config(tmp_path_factory.mktemp("loop"), *LOOP_ARGS, "--train.steps", "2")
-        run = train_module.setup(cfg, Console(quiet=True))
+        run = setup(cfg, Console(quiet=True))
         recorder = LoopRecorder(run, monkeypatch)
         try:
             with run.progress:

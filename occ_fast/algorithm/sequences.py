@@ -9,7 +9,7 @@ from torch import Tensor
 def sequence_index(position_ids: Tensor) -> Tensor:
     """``[rows * T]`` index of the sequence each position belongs to, numbered from 0 in order.
 
-    Every sequence starts at position 0, in a packed row (``occ_fast.batching``) as in a padded one,
+    Every sequence starts at position 0, in a packed row (``occ_fast.policy.batching``) as in a padded one,
     so the running count of zeros numbers them. No host sync.
     """
     return torch.cumsum((position_ids.reshape(-1) == 0).long(), 0) - 1

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from occ_fast.metrics import read_metrics
+from occ_fast.monitoring.metrics import read_metrics
 
 
 def run_default(workdir: Path) -> tuple[float, Path]:

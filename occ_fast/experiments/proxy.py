@@ -31,9 +31,9 @@ from typing import Any
 from rich.console import Console
 
 from occ_fast.config import ConfigError, parse_config
-from occ_fast.diagnostics import proxy_exact_correlation
 from occ_fast.experiments.regimes import build_warm_start, warm_start_dir
-from occ_fast.metrics import read_metrics
+from occ_fast.monitoring.diagnostics import proxy_exact_correlation
+from occ_fast.monitoring.metrics import read_metrics
 from occ_fast.train import train
 
 DEFAULT_LRS = ("1e-4", "2e-4", "5e-4")

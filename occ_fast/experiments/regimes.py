@@ -70,17 +70,18 @@ import transformers
 from rich.console import Console
 from rich.progress import Progress
 
-from occ_fast.build import build_model, build_tokenizer, eval_records, resolve_device
-from occ_fast.checkpoint import find_latest
+from occ_fast.avg_at_k import evaluate
+from occ_fast.checkpointing.files import find_latest
 from occ_fast.config import Config, ConfigError, parse_config
 from occ_fast.eval import load_causal_lm
-from occ_fast.evaluation import evaluate
-from occ_fast.metrics import read_metrics
 from occ_fast.model import save_mtp_model
+from occ_fast.monitoring.metrics import read_metrics
 from occ_fast.rewards import RewardScorer
 from occ_fast.rollout import TransformersEngine
 from occ_fast.tokenizer import load_tokenizer
-from occ_fast.train import sft_warm_start, train
+from occ_fast.train import train
+from occ_fast.training.build import build_model, build_tokenizer, eval_records, resolve_device
+from occ_fast.training.warm_start import sft_warm_start
 
 DEFAULT_SETTINGS = ("detach", "ce", "policy-0.1", "policy-0.5", "policy-1.0", "occ")
 POLICY_DEFAULT_LAMS = ("0.1", "0.5", "1.0")

@@ -32,7 +32,7 @@ from typing import Any, Literal
 import torch
 from packaging.version import Version
 
-from occ_fast.checkpoint_files import capture_rng_state, restore_rng_state
+from occ_fast.checkpointing.files import capture_rng_state, restore_rng_state
 from occ_fast.model import naming as names
 from occ_fast.rollout.base import FinishReason, ProgressCallback, RolloutResult, SamplingParams
 

@@ -24,6 +24,9 @@ TRITON = "kernels/logprob_triton.py"
 TORCH = "kernels/logprob_torch.py"
 KT = "tests/test_linear_logprob.py"
 TRAIN = "occ_fast/train.py"
+STEP = "occ_fast/training/step.py"
+UPDATE = "occ_fast/training/update.py"
+SETUP = "occ_fast/training/setup.py"
 LOOP = "tests/test_update_mini_batch.py"
 BATCH = "tests/test_batching.py"
 E2E = "tests/test_train.py"
@@ -284,7 +287,7 @@ ALL = [
     m(
         "B1",
         "packed rollout log-probs shifted by one token",
-        "occ_fast/batching.py",
+        "occ_fast/policy/batching.py",
         "rollout_logprobs=row(lps, torch.float32)",
         "rollout_logprobs=row([0.0] + lps[:-1], torch.float32)",
         f"{BATCH}::test_per_token_fields_reach_their_own_tokens",
@@ -292,7 +295,7 @@ ALL = [
     m(
         "B2",
         "packed advantages shifted by one token (each sample's last token gets the next one's)",
-        "occ_fast/batching.py",
+        "occ_fast/policy/batching.py",
         "advantages=row(adv, torch.float32)",
         "advantages=row(adv[1:] + [0.0], torch.float32)",
         f"{BATCH}::test_per_token_fields_reach_their_own_tokens",
@@ -300,7 +303,7 @@ ALL = [
     m(
         "B3",
         "packed position ids do not restart at each sequence",
-        "occ_fast/batching.py",
+        "occ_fast/policy/batching.py",
         "pos += list(range(s.length))",
         "pos += list(range(len(pos), len(pos) + s.length))",
         f"{BATCH}::test_packed_and_padded_layouts_agree",
@@ -308,7 +311,7 @@ ALL = [
     m(
         "B4",
         "padded rollout log-probs one column early",
-        "occ_fast/batching.py",
+        "occ_fast/policy/batching.py",
         "batch.rollout_logprobs[b, p:n] = s.rollout_logprobs",
         "batch.rollout_logprobs[b, p - 1 : n - 1] = s.rollout_logprobs",
         f"{BATCH}::test_per_token_fields_reach_their_own_tokens",
@@ -316,18 +319,18 @@ ALL = [
     m(
         "B5",
         "MTP row count off by one (normaliser)",
-        "occ_fast/batching.py",
+        "occ_fast/policy/batching.py",
         "if j >= depth + 1)",
         "if j >= depth)",
         f"{BATCH}::test_mtp_rows_count_matches_the_model",
     ),
-    # ---- the RL step and its update (occ_fast/train.py) ----
+    # ---- the RL step and its update (occ_fast/training/step.py, update.py) ----
     Mutant(
         "T1",
         "old log-probs of later mini-batches computed after the earlier updates",
         (
             (
-                TRAIN,
+                STEP,
                 "        if diagnose and i == len(minis) - 1:\n",
                 "        if i > 0:\n            olds = [old_main_logprobs(run, m) for m, _ in micros]\n"
                 "        if diagnose and i == len(minis) - 1:\n",
@@ -338,7 +341,7 @@ ALL = [
     m(
         "T2",
         "second mini-batch treated as the first (lp_old from its own, updated, forward)",
-        TRAIN,
+        STEP,
         "if i > 0 or (diagnose",
         "if i > 1 or (diagnose",
         f"{LOOP}::test_old_logprobs_of_every_mini_batch_come_from_the_rollout_weights",
@@ -347,9 +350,9 @@ ALL = [
         "T3",
         "LR scheduler stepped once per mini-batch instead of once per RL step",
         (
-            (TRAIN, "    run.scheduler.step()\n", ""),
+            (STEP, "    run.scheduler.step()\n", ""),
             (
-                TRAIN,
+                UPDATE,
                 "        run.optimizer.step()\n",
                 "        run.optimizer.step()\n        run.scheduler.step()\n",
             ),
@@ -361,12 +364,12 @@ ALL = [
         "gradients never cleared between mini-batches",
         (
             (
-                TRAIN,
+                UPDATE,
                 "    model.train()\n    run.optimizer.zero_grad(set_to_none=True)\n",
                 "    model.train()\n",
             ),
             (
-                TRAIN,
+                UPDATE,
                 "        stats.bad_grad_norm = float(grad_norm)\n    run.optimizer.zero_grad(set_to_none=True)\n",
                 "        stats.bad_grad_norm = float(grad_norm)\n",
             ),
@@ -376,7 +379,7 @@ ALL = [
     m(
         "T5",
         "each micro-batch normalised by its own token count",
-        TRAIN,
+        UPDATE,
         "            num_tokens=num_tokens,\n",
         "            num_tokens=float(lp_old.numel()),\n",
         f"{LOOP}::test_every_micro_batch_divides_by_its_mini_batch_token_count",
@@ -384,7 +387,7 @@ ALL = [
     m(
         "T6",
         "first mini-batch's lp_old not detached",
-        TRAIN,
+        UPDATE,
         "else main.logprob.detach()",
         "else main.logprob",
         f"{LOOP}::test_first_mini_batch_old_logprobs_come_from_the_training_forward",
@@ -392,7 +395,7 @@ ALL = [
     m(
         "T7",
         "a non-finite gradient norm still applies the update",
-        TRAIN,
+        UPDATE,
         "finite = bool(torch.isfinite(grad_norm))",
         "finite = True",
         f"{E2E}::test_nan_loss_is_skipped_counted_and_never_applied",
@@ -400,7 +403,7 @@ ALL = [
     m(
         "T8",
         "rollout log-probs handed to the loss from the advantages tensor",
-        TRAIN,
+        UPDATE,
         "lp_rollout = out.gather(micro.rollout_logprobs)",
         "lp_rollout = out.gather(micro.advantages)",
         f"{LOOP}::test_rollout_logprobs_reach_the_loss_aligned_with_the_scored_tokens",
@@ -408,7 +411,7 @@ ALL = [
     m(
         "T9",
         "a padding micro-batch backpropagates its loss",
-        TRAIN,
+        UPDATE,
         "(loss * 0.0).backward()",
         "loss.backward()",
         f"{DIST}::test_two_ranks_train_like_one_process",
@@ -416,7 +419,7 @@ ALL = [
     m(
         "T10",
         "mini-batches contiguous, not strided (data parallelism changes the algorithm)",
-        TRAIN,
+        STEP,
         "[p % cfg.optim.mini_batches for p in positions]",
         "[i * cfg.optim.mini_batches // len(positions) for i in range(len(positions))]",
         f"{DIST}::test_two_ranks_train_like_one_process",
@@ -425,7 +428,7 @@ ALL = [
     m(
         "C1",
         "RNG state not restored on resume",
-        "occ_fast/checkpoint.py",
+        "occ_fast/checkpointing/single_process.py",
         "restore_rng_state(load_torch(path / RNG_FILE))",
         "None",
         f"{E2E}::test_resume_continues_exactly",
@@ -433,7 +436,7 @@ ALL = [
     m(
         "C2",
         "prompt sampler not restored in the distributed resume path",
-        TRAIN,
+        SETUP,
         '        sampler.load_state_dict(state.extra["sampler"])\n',
         '        if not sharded:\n            sampler.load_state_dict(state.extra["sampler"])\n',
         f"{DIST}::test_two_rank_checkpoint_resumes_on_two_ranks_or_one",
@@ -441,7 +444,7 @@ ALL = [
     m(
         "C3",
         "prompt sampler not restored at all",
-        TRAIN,
+        SETUP,
         '        sampler.load_state_dict(state.extra["sampler"])\n',
         "",
         f"{E2E}::test_resume_continues_exactly",
@@ -457,7 +460,7 @@ ALL = [
     m(
         "C5",
         "scheduler not restored on resume",
-        "occ_fast/checkpoint.py",
+        "occ_fast/checkpointing/single_process.py",
         "    for obj, name in ((optimizer, OPTIMIZER_FILE), (scheduler, SCHEDULER_FILE)):\n        if obj is None:",
         "    for obj, name in ((optimizer, OPTIMIZER_FILE),):\n        if obj is None:",
         f"{E2E}::test_resume_continues_exactly",
@@ -473,7 +476,7 @@ ALL = [
     m(
         "C7",
         "sharded checkpoint: RNG of rank 0 restored on every rank",
-        "occ_fast/sharded_checkpoint.py",
+        "occ_fast/checkpointing/sharded.py",
         "load_torch(path / _rng_file(_rank()))",
         "load_torch(path / _rng_file(0))",
         f"{FSDP}::test_sharded_checkpoint_gives_every_rank_its_own_rng_back",
@@ -517,7 +520,7 @@ ALL = [
     m(
         "E2",
         "first-fit packing with a strict budget comparison",
-        "occ_fast/batching.py",
+        "occ_fast/policy/batching.py",
         "if load + sample.length <= token_budget:",
         "if load + sample.length < token_budget:",
         equivalent="only which sequences share a row changes; every per-token result is layout-independent "
@@ -526,7 +529,7 @@ ALL = [
     m(
         "E3",
         "gradients cleared only at the end of each update",
-        TRAIN,
+        UPDATE,
         "    model.train()\n    run.optimizer.zero_grad(set_to_none=True)\n",
         "    model.train()\n",
         equivalent="every update and the SFT warm-start end with zero_grad(set_to_none=True), and the "
@@ -544,7 +547,7 @@ ALL = [
     m(
         "E5",
         "packed advantages shifted right by one token",
-        "occ_fast/batching.py",
+        "occ_fast/policy/batching.py",
         "advantages=row(adv, torch.float32)",
         "advantages=row([0.0] + adv[:-1], torch.float32)",
         equivalent="an advantage is constant over its whole sample, prompt included, and every prompt has "
@@ -553,7 +556,7 @@ ALL = [
     m(
         "E6",
         "packed position ids start at 1",
-        "occ_fast/batching.py",
+        "occ_fast/policy/batching.py",
         "pos += list(range(s.length))",
         "pos += list(range(1, s.length + 1))",
         equivalent="sequences still break where positions restart, and RoPE attention depends only on "

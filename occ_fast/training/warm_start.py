@@ -6,17 +6,23 @@ learn to predict the same tokens two and more steps ahead, as in pretraining).
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Callable, Sequence
 
 import torch
+from rich.progress import Progress
 from transformers import PreTrainedTokenizerBase
 
-from occ_fast.batching import Sample, make_micro_batches
+from occ_fast.config import Config, ConfigError
 from occ_fast.data import PromptRecord
-from occ_fast.forward import policy_logprobs
 from occ_fast.model import MTPModel
+from occ_fast.policy.batching import Sample, make_micro_batches
+from occ_fast.policy.forward import policy_logprobs
 from occ_fast.prompts import encode_prompt
+from occ_fast.training.build import train_records
+
+logger = logging.getLogger(__name__)
 
 
 def supervised_samples(tokenizer: PreTrainedTokenizerBase, records: Sequence[PromptRecord]) -> list[Sample]:
@@ -66,3 +72,28 @@ def warm_start(
             on_step(step, main_loss)
     optimizer.zero_grad(set_to_none=True)
     return main_loss
+
+
+def sft_warm_start(
+    cfg: Config, model: MTPModel, tokenizer: PreTrainedTokenizerBase, progress: Progress
+) -> None:
+    """The warm start a run's config asks for (``train.warmup_sft_steps``), with its progress bar."""
+    if cfg.data.source != "synthetic":
+        raise ConfigError("train.warmup_sft_steps needs data.source='synthetic' (it trains on known answers)")
+    with progress:
+        task = progress.add_task("SFT warm-start", total=cfg.train.warmup_sft_steps)
+        loss = warm_start(
+            model,
+            tokenizer,
+            train_records(cfg),
+            steps=cfg.train.warmup_sft_steps,
+            lr=cfg.train.sft_lr,
+            batch_size=cfg.train.sft_batch_size,
+            seed=cfg.train.seed,
+            token_budget=cfg.optim.micro_batch_tokens,
+            on_step=lambda step, loss: progress.update(
+                task, completed=step + 1, description=f"SFT loss {loss:.3f}"
+            ),
+        )
+        progress.remove_task(task)
+    logger.info("SFT warm-start: %d steps, final answer-token loss %.4f", cfg.train.warmup_sft_steps, loss)

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from occ_fast.checkpoint_files import CHECKPOINTS_SUBDIR, complete_checkpoints, read_meta
+from occ_fast.checkpointing.files import CHECKPOINTS_SUBDIR, complete_checkpoints, read_meta
 
 logger = logging.getLogger(__name__)
 

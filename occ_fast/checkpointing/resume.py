@@ -1,4 +1,5 @@
-"""Resuming with a changed configuration: compare it with the run's saved ``config.yaml``.
+"""Resuming a run: which checkpoint (:func:`resolve_resume`), loading it whatever its kind
+(:func:`load_any_checkpoint`), and a changed configuration against the run's saved ``config.yaml``.
 
 Changes the checkpoint cannot honour are refused, all listed at once: the model (its weights have
 the old shape), the training data (the sampler's position indexes it), what only the start used
@@ -19,7 +20,11 @@ from typing import Any
 
 import torch
 
+from occ_fast.checkpointing.files import CheckpointError, find_latest
+from occ_fast.checkpointing.sharded import is_sharded_checkpoint, load_sharded_checkpoint
+from occ_fast.checkpointing.single_process import load_checkpoint
 from occ_fast.config import Config, ConfigError
+from occ_fast.model import MTPModel
 
 RESUME_NOTE = "# resumed from "
 # Not part of what a run is: where it lives and how this invocation found it.
@@ -35,6 +40,47 @@ FIXED: dict[str, str] = {  # key or section prefix -> why it cannot change mid-r
     "optim.weight_decay": "the optimizer's saved state carries it",
 }
 CHANGEABLE = frozenset({"data.prompts_per_step"})  # in a fixed section, but per-step only
+
+
+def resolve_resume(cfg: Config) -> Path | None:
+    """The checkpoint to resume from: ``run.resume`` = ``auto`` (latest in the run dir, if any) or a path.
+
+    A run directory counts as a run once it has logged a step or saved a checkpoint: one left by a
+    run that failed at start (or was stopped before its first step) is simply started again."""
+    latest = find_latest(cfg.run_dir)
+    metrics = cfg.run_dir / "metrics.jsonl"
+    trained = latest is not None or (metrics.is_file() and metrics.stat().st_size > 0)
+    if cfg.run.resume is None:
+        if trained:
+            raise ConfigError(
+                f"{cfg.run_dir} already holds a run: pass --run.resume auto to continue it, or a new --run.name"
+            )
+        return None
+    if cfg.run.resume == "auto":
+        if latest is None and trained:
+            raise ConfigError(
+                f"{cfg.run_dir} has metrics but no checkpoint to resume from (it stopped before its first "
+                f"save): start again under a new --run.name, or delete {cfg.run_dir} and rerun this command"
+            )
+        return latest
+    path = Path(cfg.run.resume)
+    if not path.is_dir():
+        raise ConfigError(f"run.resume: checkpoint directory not found: {path}")
+    return path
+
+
+def load_any_checkpoint(
+    path: Path, model: MTPModel, optimizer: torch.optim.Optimizer, scheduler, *, sharded: bool
+):
+    """A sharded (DCP) checkpoint loads at any world size, a single-process one in a single process."""
+    if is_sharded_checkpoint(path):
+        return load_sharded_checkpoint(path, model, optimizer, scheduler)
+    if sharded:
+        raise CheckpointError(
+            f"{path} was written by a single-process run: resume it without torchrun (its next "
+            "checkpoint is then single-process too), or start a new run from its exported model"
+        )
+    return load_checkpoint(path, model, optimizer, scheduler)
 
 
 def config_changes(saved_path: Path, requested: Config) -> list[str]:

@@ -23,8 +23,8 @@ from itertools import count
 
 import torch
 
-from occ_fast.forward import HeadOutputs
 from occ_fast.model.layout import shift_left
+from occ_fast.policy.forward import HeadOutputs
 
 
 def draft_counts(out: HeadOutputs) -> dict[str, torch.Tensor]:

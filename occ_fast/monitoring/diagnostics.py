@@ -27,9 +27,9 @@ from occ_fast.algorithm import (
 from occ_fast.algorithm.occ import gap_form
 from occ_fast.algorithm.rollout_mismatch import rollout_is_weights
 from occ_fast.algorithm.sequences import sequence_index
-from occ_fast.batching import MicroBatch
-from occ_fast.forward import policy_logprobs
 from occ_fast.model import MTPModel
+from occ_fast.policy.batching import MicroBatch
+from occ_fast.policy.forward import policy_logprobs
 
 T = TypeVar("T")
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from occ_fast.batching import MicroBatch
 from occ_fast.kernels import LinearLogprobOutput
 from occ_fast.model import HeadRows, MTPModel, build_head_rows, head_logprobs
+from occ_fast.policy.batching import MicroBatch
 
 
 @dataclass

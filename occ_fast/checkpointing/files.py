@@ -1,5 +1,5 @@
-"""The on-disk protocol shared by single-process (:mod:`occ_fast.checkpoint`) and sharded
-(:mod:`occ_fast.sharded_checkpoint`) checkpoints.
+"""The on-disk protocol shared by single-process (:mod:`occ_fast.checkpointing.single_process`) and sharded
+(:mod:`occ_fast.checkpointing.sharded`) checkpoints.
 
 ``run_dir/checkpoints/step_000000042/`` is written as ``.tmp-step_000000042`` and renamed into place
 once complete; ``meta.json`` is its last file, so a step directory with a ``meta.json`` is a complete

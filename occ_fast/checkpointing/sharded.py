@@ -1,6 +1,6 @@
 """Sharded checkpoints of an FSDP2 run (torch.distributed.checkpoint), and the Hugging Face export.
 
-Same layout and atomicity as single-process checkpoints (:mod:`occ_fast.checkpoint_files`: written
+Same layout and atomicity as single-process checkpoints (:mod:`occ_fast.checkpointing.files`: written
 into a hidden temporary directory that rank 0 renames into place once every rank has written, so
 ``find_latest`` finds both kinds), but the model and optimizer go through DCP: every rank writes its
 own shards, in parallel, and a load reshards them to the reader's layout, so a run saved on N ranks
@@ -31,7 +31,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 from transformers import AutoModelForCausalLM
 
-from occ_fast.checkpoint_files import (
+from occ_fast.checkpointing.files import (
     EXTRA_FILE,
     SCHEDULER_FILE,
     CheckpointError,
@@ -133,7 +133,9 @@ def load_sharded_checkpoint(
     path = Path(path)
     meta = read_meta(path)
     if meta.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a sharded (DCP) checkpoint: load it with occ_fast.checkpoint")
+        raise CheckpointError(
+            f"{path} is not a sharded (DCP) checkpoint: load it with occ_fast.checkpointing.single_process"
+        )
     state: dict[str, Any] = {"model": get_model_state_dict(model)}
     if optimizer is not None:
         state["optim"] = get_optimizer_state_dict(model, optimizer)

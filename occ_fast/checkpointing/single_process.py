@@ -4,7 +4,7 @@ stopped.
 Layout: ``run_dir/checkpoints/step_000000042/`` holding ``model.safetensors``, ``optimizer.pt``,
 ``scheduler.pt``, ``rng.pt`` (python, numpy, torch CPU and CUDA generators), ``extra.pt`` (sampler
 position, OCC state, anything else) and ``meta.json``. Everything is written into a hidden temporary
-directory that is renamed into place only when complete (:mod:`occ_fast.checkpoint_files`), so a
+directory that is renamed into place only when complete (:mod:`occ_fast.checkpointing.files`), so a
 crash mid-save leaves the previous checkpoints untouched and the half-written one invisible.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_model, save_model
 
-from occ_fast.checkpoint_files import (
+from occ_fast.checkpointing.files import (
     EXTRA_FILE,
     SCHEDULER_FILE,
     CheckpointError,
@@ -26,7 +26,6 @@ from occ_fast.checkpoint_files import (
     capture_rng_state,
     check_save_args,
     checkpoint_dir,
-    find_latest,
     fsync_path,
     load_torch,
     open_staging,
@@ -35,15 +34,6 @@ from occ_fast.checkpoint_files import (
     restore_rng_state,
     save_torch,
 )
-
-__all__ = [
-    "CheckpointError",
-    "LoadedCheckpoint",
-    "checkpoint_dir",
-    "find_latest",
-    "load_checkpoint",
-    "save_checkpoint",
-]
 
 MODEL_FILE = "model.safetensors"
 OPTIMIZER_FILE = "optimizer.pt"
@@ -102,7 +92,7 @@ def load_checkpoint(
     meta = read_meta(path)
     if meta.get("format") is not None:
         raise CheckpointError(
-            f"{path} is a {meta['format']} (sharded) checkpoint: load it with occ_fast.sharded_checkpoint"
+            f"{path} is a {meta['format']} (sharded) checkpoint: load it with occ_fast.checkpointing.sharded"
         )
     files = set(meta["files"])
     for name in files:

@@ -7,7 +7,7 @@ import errno
 import os
 from pathlib import Path
 
-from occ_fast.health import TrainingHalted
+from occ_fast.monitoring.health import TrainingHalted
 
 
 class OutputError(RuntimeError):

@@ -1,0 +1,126 @@
+"""Stages 1-3 of the RL step: sample prompts, roll out ``rollout.n`` completions of each, score them.
+
+With dynamic sampling, groups whose rewards have no variance are dropped and refilled by further
+rounds; under torchrun each rank keeps exactly its share of the step's groups."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+
+from occ_fast.algorithm import overlong_penalty, zero_variance_groups
+from occ_fast.data import PromptRecord
+from occ_fast.distributed.collectives import all_gather_ints
+from occ_fast.distributed.data_parallel import shard_prompts
+from occ_fast.prompts import encode_prompt
+from occ_fast.rollout import RolloutResult, SamplingParams
+from occ_fast.training.setup import Run
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Group:
+    record: PromptRecord
+    results: list[RolloutResult]
+    rewards: list[float]
+    draw: int = 0  # the prompt's index among the step's draws over every rank and round
+
+
+def collect_groups(run: Run, step: int) -> tuple[list[Group], dict[str, float]]:
+    """This rank's groups for the step: its share (:func:`shard_prompts`) of ``data.prompts_per_step``.
+
+    Every rank draws the same prompt indices from its own copy of the sampler and takes its slice,
+    so the samplers stay identical (rank 0's is checkpointed). With dynamic sampling, each refill
+    round draws the total of every rank's shortfall and hands each rank exactly its own. The kept
+    groups come back in draw order (:attr:`Group.draw`), which does not depend on the rank split."""
+    cfg, rank, world = run.cfg, run.dist.rank, run.dist.world_size
+    quota = len(shard_prompts(range(cfg.data.prompts_per_step), rank, world))
+    kept: list[Group] = []
+    stats = defaultdict(float)
+    rounds = drawn_before = 0
+    while True:
+        shortfalls = all_gather_ints(quota - len(kept))
+        if sum(shortfalls) == 0:
+            break
+        rounds += 1
+        drawn = run.sampler.next_batch(sum(shortfalls))
+        start = sum(shortfalls[:rank])
+        records = [run.records[i] for i in drawn[start : start + shortfalls[rank]]]
+        groups, round_stats = rollout_and_score(run, records, step) if records else ([], {})
+        for j, group in enumerate(groups):
+            group.draw = drawn_before + start + j
+        drawn_before += sum(shortfalls)
+        for key, value in round_stats.items():
+            stats[key] += value
+        if not cfg.algorithm.dynamic_sampling:
+            kept = groups
+            break
+        flat = torch.tensor([r for g in groups for r in g.rewards])
+        zero = zero_variance_groups(flat, cfg.rollout.n).tolist() if groups else []
+        kept += [g for g, z in zip(groups, zero) if not z]
+        if rounds >= cfg.algorithm.dynamic_sampling_max_rounds:
+            if len(kept) < quota:
+                logger.warning(
+                    "step %d: dynamic sampling kept %d of %d groups after %d rounds; training on all sampled",
+                    step, len(kept), quota, rounds,
+                )  # fmt: skip
+                kept += [g for g, z in zip(groups, zero) if z][: quota - len(kept)]
+            break
+    kept.sort(key=lambda g: g.draw)
+    all_rewards = [r for g in kept for r in g.rewards]
+    return kept, {
+        "reward/mean": sum(all_rewards) / len(all_rewards),
+        "reward/accuracy": sum(r > 0 for r in all_rewards) / len(all_rewards),
+        "reward/timeouts": stats["timeouts"],
+        "reward/errors": stats["errors"],
+        "reward/error_rate": (stats["errors"] + stats["timeouts"]) / max(stats["scored"], 1.0),
+        "rollout/empty_completions": stats["empty"],
+        "rollout/truncated": stats["truncated"],
+        "rollout/rounds": rounds,
+    }
+
+
+def rollout_and_score(
+    run: Run, records: list[PromptRecord], step: int
+) -> tuple[list[Group], dict[str, float]]:
+    cfg, tok = run.cfg, run.tokenizer
+    params = SamplingParams(
+        max_new_tokens=cfg.rollout.max_new_tokens,
+        temperature=cfg.rollout.temperature,
+        top_p=cfg.rollout.top_p,
+        top_k=cfg.rollout.top_k,
+        n=cfg.rollout.n,
+        eos_token_ids=(tok.eos_token_id,),
+    )
+    task = run.progress.add_task(f"step {step}: rollouts", total=len(records) * cfg.rollout.n)
+    results = run.engine.generate(
+        [encode_prompt(tok, r) for r in records],
+        params,
+        progress=lambda done, total: run.progress.update(task, completed=done),
+    )
+    run.progress.remove_task(task)
+    texts = [tok.decode(r.content_ids) for r in results]
+    truths = [records[r.prompt_index].answer for r in results]
+    scored = run.scorer.score(texts, truths)
+    run.reward_health.record(scored.errors, len(texts))
+    rewards = torch.tensor(scored.rewards, dtype=torch.float32)
+    if cfg.reward.overlong_penalty:
+        lengths = [len(r.token_ids) for r in results]
+        penalty = overlong_penalty(lengths, cfg.rollout.max_new_tokens, cfg.algorithm.overlong_buffer)
+        rewards = rewards + cfg.algorithm.overlong_penalty_factor * penalty
+    n = cfg.rollout.n
+    groups = [
+        Group(record, results[i * n : (i + 1) * n], rewards[i * n : (i + 1) * n].tolist())
+        for i, record in enumerate(records)
+    ]
+    return groups, {
+        "timeouts": scored.num_timeouts,
+        "errors": scored.num_errors,
+        "scored": len(texts),
+        "empty": sum(not r.content_ids for r in results),
+        "truncated": sum(r.finish_reason == "length" for r in results),
+    }
