@@ -48,7 +48,13 @@ class ConfigError(ValueError):
 
 
 class _Loader(yaml.SafeLoader):
-    """PyYAML's safe loader, reading ``1e-6`` (exponent, no dot) as a float as YAML 1.2 does."""
+    """PyYAML's safe loader reading plain scalars as YAML 1.2 does: ``1e-6`` (exponent, no dot) is a
+    float, ``2026-01-01`` stays text (no field holds a date)."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
 
 
 _Loader.add_implicit_resolver(
@@ -65,7 +71,7 @@ def read_yaml(cls: type[T], path: Path) -> T:
         raise ConfigError(f"cannot read config file {path}: {e}") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    except TypeError as e:  # a YAML-only value (a date, a set) that no field can hold
+    except TypeError as e:  # an explicitly tagged YAML-only value (a set, binary) that no field holds
         raise ConfigError(f"{path}: {e}") from e
     try:
         return _adapter(cls).validate_json(text)
@@ -103,8 +109,12 @@ def _describe(error: pydantic.ValidationError, cls: type, source: str) -> list[s
     details = error.errors(include_url=False)
     # A list too short for a fixed-length tuple is one "missing" error per absent item: say it once.
     missing = Counter(d["loc"][:-1] for d in details if d["type"] == "missing" and _is_index(d["loc"]))
+    # A problem inside a value (data.ops[0]) explains the one pydantic then reports on the whole value.
+    inner = {d["loc"][:i] for d in details for i in range(len(d["loc"]))}
     lines = []
     for d in details:
+        if d["loc"] in inner:
+            continue
         kind, loc, value = d["type"], d["loc"], d["input"]
         if kind == "unexpected_keyword_argument":
             lines.append(f"{source}: unknown key {_key(loc)} ({_fields_of(cls, loc[:-1])})")
