@@ -49,7 +49,10 @@ def synthetic_task(cfg: Config) -> ArithmeticTask:
 def build_tokenizer(cfg: Config) -> PreTrainedTokenizerBase:
     if cfg.model.name_or_path:
         return load_tokenizer(cfg.model.name_or_path)
-    corpus = [f"{r.prompt} {r.reference_completion}" for r in synthetic_task(cfg).sample("train", 512, seed=cfg.data.seed)]
+    corpus = [
+        f"{r.prompt} {r.reference_completion}"
+        for r in synthetic_task(cfg).sample("train", 512, seed=cfg.data.seed)
+    ]
     return train_bpe_tokenizer(corpus, vocab_size=cfg.model.tiny.vocab_size, split_digits=True)
 
 

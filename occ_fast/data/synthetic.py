@@ -48,7 +48,9 @@ class ArithmeticTask:
         if self.solution not in ("answer", "carries"):
             raise ValueError(f"ArithmeticTask.solution must be 'answer' or 'carries', got {self.solution!r}")
         if self.solution == "carries" and self.ops != ("+",):
-            raise ValueError(f"ArithmeticTask.solution='carries' is defined for ops ('+',) only, got {self.ops}")
+            raise ValueError(
+                f"ArithmeticTask.solution='carries' is defined for ops ('+',) only, got {self.ops}"
+            )
 
     def split_of(self, a: int, op: str, b: int) -> Split:
         """Which split the problem ``a op b`` belongs to (fixed by the problem alone)."""
