@@ -234,7 +234,7 @@ def _write(tmp_path: Path, text: str) -> Path:
         ("- 1\n", "top level: expected a mapping of fields"),
         ("train:\n  steps: null\n", "train.steps: expected an integer, got None"),
         ("optim:\n  lr: '1e-6'\n", "optim.lr: expected a number, got '1e-6'"),
-        ("optim:\n  betas: [0.9, 0.9, 0.9]\n", "optim.betas: expected a list of 2 item(s) at most"),
+        ("optim:\n  betas: [0.9, 0.9, 0.9]\n", "optim.betas: expected a list of at most 2 item(s)"),
         ("rollout:\n  n: 1\n", "rollout.n: expected a value >= 2, got 1"),
         ("optim:\n  lr: .nan\n", "optim.lr: expected a finite number, got nan"),
         ("data:\n  ops: []\n", "data.ops: expected a list of at least 1 item(s), got []"),

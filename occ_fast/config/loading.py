@@ -38,7 +38,7 @@ EXPECTED = {
     "literal_error": "one of {expected}",
     "string_too_short": "a string of at least {min_length} character(s)",
     "too_short": "a list of at least {min_length} item(s)",
-    "too_long": "a list of {max_length} item(s) at most",
+    "too_long": "a list of at most {max_length} item(s)",
     "value_error": "{error}",
 }
 
@@ -107,28 +107,26 @@ def _adapter(cls: type) -> pydantic.TypeAdapter:
 def _describe(error: pydantic.ValidationError, cls: type, source: str) -> list[str]:
     """One ``source: key: expected ..., got ...`` line per problem in ``error``."""
     details = error.errors(include_url=False)
-    # A list too short for a fixed-length tuple is one "missing" error per absent item: say it once.
-    missing = Counter(d["loc"][:-1] for d in details if d["type"] == "missing" and _is_index(d["loc"]))
     # A problem inside a value (data.ops[0]) explains the one pydantic then reports on the whole value.
     inner = {d["loc"][:i] for d in details for i in range(len(d["loc"]))}
+    # A list too short for a fixed-length tuple is one "missing" error per absent item.
+    missing = Counter(d["loc"][:-1] for d in details if d["type"] == "missing" and _is_index(d["loc"]))
     lines = []
     for d in details:
-        if d["loc"] in inner:
-            continue
         kind, loc, value = d["type"], d["loc"], d["input"]
+        if loc in inner:
+            continue
         if kind == "unexpected_keyword_argument":
             lines.append(f"{source}: unknown key {_key(loc)} ({_fields_of(cls, loc[:-1])})")
         elif kind == "missing" and _is_index(loc):
-            if loc[-1] == len(value):
-                lines.append(
-                    f"{source}: {_key(loc[:-1])}: expected a list of {loc[-1] + missing[loc[:-1]]} items, got {value!r}"
-                )
+            length = len(value) + missing[loc[:-1]]
+            lines.append(f"{source}: {_key(loc[:-1])}: expected a list of {length} items, got {value!r}")
         elif kind in EXPECTED:
             expected = EXPECTED[kind].format(**d.get("ctx", {}))
             lines.append(f"{source}: {_key(loc)}: expected {expected}, got {value!r}")
         else:
             lines.append(f"{source}: {_key(loc)}: {d['msg']}, got {value!r}")
-    return lines
+    return list(dict.fromkeys(lines))  # the missing items of one list give one line
 
 
 def _is_index(loc: tuple) -> bool:
