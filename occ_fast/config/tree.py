@@ -27,6 +27,7 @@ PRESET_SUFFIX = ".yaml"
 
 
 def _reward_fn(spec: str) -> str:
+    """A built-in reward or an import path; the import itself happens when the run starts."""
     module, sep, attr = spec.partition(":")
     if spec not in BUILTIN_REWARDS and not (sep and module and attr):
         raise ValueError(f"one of {sorted(BUILTIN_REWARDS)} or 'package.module:function'")
@@ -34,6 +35,7 @@ def _reward_fn(spec: str) -> str:
 
 
 def _plain_dir_name(name: str) -> str:
+    """``run.name`` is one directory under ``run.output_dir``, never a path out of it."""
     if not name or "/" in name or "\\" in name or name in (".", ".."):
         raise ValueError("a plain directory name (no path separators)")
     return name
