@@ -124,39 +124,63 @@ def test_help_shows_field_docs_and_preset_values(capsys):
 @pytest.mark.parametrize(
     "argv, message",
     [
+        (["--rollout.n", "1"], "rollout.n: expected a value >= 2, got 1"),
+        (["--optim.lr", "0"], "optim.lr: expected a value > 0.0, got 0.0"),
+        (["--optim.lr", "nan"], "optim.lr: expected a finite number, got nan"),
+        (["--rollout.temperature", "0"], "rollout.temperature: expected a value > 0.0, got 0.0"),
+        (["--rollout.top-p", "0"], "rollout.top_p: expected a value > 0.0, got 0.0"),
+        (["--rollout.top-p", "1.5"], "rollout.top_p: expected a value <= 1.0, got 1.5"),
+        (["--algorithm.eps-low", "1.0"], "algorithm.eps_low: expected a value < 1.0, got 1.0"),
+        (["--algorithm.eps-high", "-0.1"], "algorithm.eps_high: expected a value >= 0.0, got -0.1"),
+        (["--algorithm.dual-clip-c", "1.0"], "algorithm.dual_clip_c: expected a value > 1.0, got 1.0"),
+        (["--algorithm.tis-cap", "0"], "algorithm.tis_cap: expected a value > 0.0, got 0.0"),
+        (["--algorithm.tis-cap", "inf"], "algorithm.tis_cap: expected a finite number, got inf"),
+        (
+            ["--algorithm.is-mask-band", "1.5", "2"],
+            "algorithm.is_mask_band[0]: expected a value <= 1.0, got 1.5",
+        ),
+        (["--model.tiny.vocab-size", "100"], "model.tiny.vocab_size: expected a value >= 259, got 100"),
+        (
+            ["--reward.fn", "nonsense"],
+            "reward.fn: expected one of ['arithmetic', 'math'] or 'package.module:function', got 'nonsense'",
+        ),
+        (["--optim.min-lr-ratio", "2"], "optim.min_lr_ratio: expected a value <= 1.0, got 2.0"),
+        (["--optim.betas", "0.9", "1.0"], "optim.betas[1]: expected a value < 1.0, got 1.0"),
+        (["--data.ops"], "data.ops: expected a list of at least 1 item(s), got []"),
+        (
+            ["--data.prompt-field", ""],
+            "data.prompt_field: expected a string of at least 1 character(s), got ''",
+        ),
+        (["--run.name", "a/b"], "run.name: expected a plain directory name (no path separators), got 'a/b'"),
+    ],
+)
+def test_flags_outside_a_fields_constraint_name_key_expectation_and_value(argv, message):
+    with pytest.raises(ConfigError) as e:
+        parse_config(argv)
+    assert f"command line: {message}" in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
         (["--mtp.regime", "occ", "--model.mtp-heads", "0"], "mtp.regime='occ' needs model.mtp_heads >= 1"),
-        (["--rollout.n", "1"], "rollout.n must be >= 2 for GRPO group normalisation"),
         (["--optim.mini-batches", "3"], "optim.mini_batches=3 must divide the number of prompts per step"),
         (
             ["--data.source", "file", "--train.warmup-sft-steps", "0"],
             "data.path is required when data.source='file'",
         ),
         (["--data.path", "x.jsonl"], "data.path='x.jsonl' is set but data.source='synthetic'"),
-        (["--optim.lr", "0"], "optim.lr must be finite and > 0"),
-        (["--optim.lr", "nan"], "optim.lr must be finite and > 0"),
-        (["--rollout.temperature", "0"], "rollout.temperature must be finite and > 0"),
-        (["--rollout.top-p", "0"], "rollout.top_p must be in (0, 1]"),
-        (["--rollout.top-p", "1.5"], "rollout.top_p must be in (0, 1]"),
-        (["--algorithm.eps-low", "1.0"], "algorithm.eps_low must be in [0, 1)"),
-        (["--algorithm.eps-high", "-0.1"], "algorithm.eps_high must be finite and >= 0"),
-        (["--algorithm.dual-clip-c", "1.0"], "algorithm.dual_clip_c must be finite and > 1"),
-        (["--algorithm.tis-cap", "0"], "algorithm.tis_cap must be finite and > 0"),
         (["--rollout.engine", "vllm", "--train.device", "cpu"], "rollout.engine='vllm' needs a CUDA device"),
         (["--model.use-liger", "--train.device", "cpu"], "model.use_liger needs a CUDA device"),
         (["--model.mtp-init", "checkpoint"], "model.mtp_init='checkpoint' needs model.name_or_path"),
         (["--model.tiny.num-heads", "3"], "model.tiny.num_heads=3 must divide model.tiny.hidden_size=64"),
         (["--model.tiny.num-kv-heads", "3"], "model.tiny.num_kv_heads=3 must divide model.tiny.num_heads=4"),
-        (["--model.tiny.vocab-size", "100"], "model.tiny.vocab_size must be >= 259"),
-        (["--reward.fn", "nonsense"], "reward.fn='nonsense' must be one of ['arithmetic', 'math']"),
         (
             ["--reward.overlong-penalty", "--algorithm.overlong-buffer", "9"],
             "reward.overlong_penalty needs 0 < ",
         ),
         (["--optim.micro-batch-tokens", "7"], "optim.micro_batch_tokens=7 cannot hold one whole sequence"),
-        (["--optim.min-lr-ratio", "2"], "optim.min_lr_ratio must be in [0, 1]"),
-        (["--optim.betas", "0.9", "1.0"], "optim.betas must both be in [0, 1)"),
         (["--run.resume", "auto"], "run.resume='auto' needs run.name"),
-        (["--run.name", "a/b"], "run.name='a/b' must be a plain directory name"),
         (
             ["--mtp.exact-every", "5", "--model.mtp-heads", "0", "--mtp.regime", "none"],
             "mtp.exact_every > 0 needs",
@@ -171,7 +195,7 @@ def test_help_shows_field_docs_and_preset_values(capsys):
         ),
     ],
 )
-def test_invalid_values_name_the_field(argv, message):
+def test_impossible_combinations_name_the_fields(argv, message):
     with pytest.raises(ConfigError) as e:
         parse_config(argv)
     assert message in str(e.value)
@@ -179,8 +203,13 @@ def test_invalid_values_name_the_field(argv, message):
 
 def test_all_problems_are_reported_at_once():
     with pytest.raises(ConfigError) as e:
-        parse_config(["--rollout.n", "1", "--optim.lr", "-1"])
-    assert "rollout.n" in str(e.value) and "optim.lr" in str(e.value)
+        parse_config(["--rollout.n", "1", "--optim.lr", "-1", "--optim.mini-batches", "3"])
+    lines = str(e.value).splitlines()[1:]
+    assert lines == [
+        "  - command line: rollout.n: expected a value >= 2, got 1",
+        "  - command line: optim.lr: expected a value > 0.0, got -1.0",
+        "  - optim.mini_batches=3 must divide the number of prompts per step (data.prompts_per_step=16)",
+    ]
 
 
 def _write(tmp_path: Path, text: str) -> Path:
@@ -203,13 +232,44 @@ def _write(tmp_path: Path, text: str) -> Path:
         ("data:\n  ops: ['/']\n", "data.ops[0]: expected one of"),
         ("mtp: occ\n", "mtp: expected a mapping of fields"),
         ("- 1\n", "top level: expected a mapping of fields"),
+        ("train:\n  steps: null\n", "train.steps: expected an integer, got None"),
+        ("optim:\n  lr: '1e-6'\n", "optim.lr: expected a number, got '1e-6'"),
+        ("optim:\n  betas: [0.9, 0.9, 0.9]\n", "optim.betas: expected a list of at most 2 item(s)"),
+        ("rollout:\n  n: 1\n", "rollout.n: expected a value >= 2, got 1"),
+        ("optim:\n  lr: .nan\n", "optim.lr: expected a finite number, got nan"),
+        ("data:\n  ops: []\n", "data.ops: expected a list of at least 1 item(s), got []"),
     ],
 )
 def test_bad_preset_files_name_file_and_key(tmp_path, text, message):
     path = _write(tmp_path, text)
     with pytest.raises(ConfigError) as e:
         parse_config(["--preset", str(path)])
-    assert str(path) in str(e.value) and message in str(e.value)
+    assert f"{path}: {message}" in str(e.value)
+
+
+def test_every_problem_in_a_preset_file_is_reported_at_once(tmp_path):
+    path = _write(tmp_path, "rollout:\n  n: 1\n  top_k: x\noptim:\n  lrr: 1\ntrain:\n  steps: 0\n")
+    with pytest.raises(ConfigError) as e:
+        parse_config(["--preset", str(path), "--rollout.n", "4"])  # read before any flag applies
+    assert str(e.value).splitlines() == [
+        "invalid configuration:",
+        f"  - {path}: rollout.top_k: expected an integer, got 'x'",
+        f"  - {path}: rollout.n: expected a value >= 2, got 1",
+        f"  - {path}: unknown key optim.lrr (fields of optim: betas, eps, grad_clip, lr, max_nonfinite_updates, "
+        "micro_batch_size, micro_batch_tokens, min_lr_ratio, mini_batches, schedule, warmup_steps, weight_decay)",
+        f"  - {path}: train.steps: expected a value >= 1, got 0",
+    ]
+
+
+def test_the_same_constraint_holds_for_a_file_a_flag_and_a_finished_config(tmp_path):
+    path = _write(tmp_path, "optim:\n  mini_batches: 0\n")
+    with pytest.raises(ConfigError, match=f"{path}: optim.mini_batches: expected a value >= 1, got 0"):
+        Config.from_yaml(path)
+    with pytest.raises(ConfigError, match="command line: optim.mini_batches: expected a value >= 1, got 0"):
+        parse_config(["--optim.mini-batches", "0"])
+    made = dataclasses.replace(Config(), optim=dataclasses.replace(Config().optim, mini_batches=0))
+    with pytest.raises(ConfigError, match="configuration: optim.mini_batches: expected a value >= 1, got 0"):
+        made.validate()
 
 
 def test_unknown_preset_lists_the_available_ones():
@@ -218,11 +278,12 @@ def test_unknown_preset_lists_the_available_ones():
 
 
 def test_preset_file_values_are_coerced(tmp_path):
-    # PyYAML reads 1e-6 (no dot) as a string and 1 as an int: both are fine for float fields.
-    path = _write(tmp_path, "optim:\n  lr: 1e-6\n  grad_clip: 1\nmodel:\n  name_or_path: null\n")
-    cfg = parse_config(["--preset", str(path)])
+    # Read as YAML 1.2: 1e-6 (no dot) is a float, a date stays text; an int is fine for a float field.
+    text = "optim:\n  lr: 1e-6\n  grad_clip: 1\nmodel:\n  name_or_path: null\nrun:\n  name: 2026-01-02\n"
+    cfg = parse_config(["--preset", str(_write(tmp_path, text))])
     assert cfg.optim.lr == 1e-6 and cfg.optim.grad_clip == 1.0 and isinstance(cfg.optim.grad_clip, float)
-    assert cfg.preset == str(path) and cfg.run.name.endswith("-preset")
+    assert cfg.model.name_or_path is None and cfg.run.name == "2026-01-02"
+    assert cfg.preset == str(tmp_path / "preset.yaml") and parse_config(["--preset", cfg.preset]).run.name
 
 
 @pytest.mark.parametrize("name", PRESETS)

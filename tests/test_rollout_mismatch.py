@@ -117,14 +117,24 @@ def test_sequence_index_numbers_packed_and_padded_sequences():
     ("argv", "message"),
     [
         (["--algorithm.tis-level", "sequence"], "algorithm.tis_level='sequence' needs algorithm.tis_cap"),
-        (["--algorithm.is-mask-band", "1.5", "2.0"], "algorithm.is_mask_band must be (low, high)"),
-        (["--algorithm.is-mask-band", "0.5", "0.9"], "algorithm.is_mask_band must be (low, high)"),
-        (["--algorithm.mismatch-threshold", "0"], "algorithm.mismatch_threshold must be finite and > 0"),
+        (
+            ["--algorithm.is-mask-band", "1.5", "2.0"],
+            "command line: algorithm.is_mask_band[0]: expected a value <= 1.0, got 1.5",
+        ),
+        (
+            ["--algorithm.is-mask-band", "0.5", "0.9"],
+            "command line: algorithm.is_mask_band[1]: expected a value >= 1.0, got 0.9",
+        ),
+        (
+            ["--algorithm.mismatch-threshold", "0"],
+            "command line: algorithm.mismatch_threshold: expected a value > 0.0, got 0.0",
+        ),
     ],
 )
 def test_bad_options_are_named(argv, message):
-    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+    with pytest.raises(ConfigError) as e:
         parse_config(argv)
+    assert message in str(e.value)
 
 
 def test_training_run_logs_mismatch_every_step_with_sequence_level_correction(tmp_path):

@@ -486,8 +486,16 @@ ALL = [
         "D1",
         "clip defaults swapped in the configuration (the tiny preset uses them)",
         (
-            ("occ_fast/config.py", "    eps_low: float = 0.2\n", "    eps_low: float = 0.28\n"),
-            ("occ_fast/config.py", "    eps_high: float = 0.28\n", "    eps_high: float = 0.2\n"),
+            (
+                "occ_fast/config/tree.py",
+                "eps_low: Annotated[float, Field(ge=0, lt=1)] = 0.2\n",
+                "eps_low: Annotated[float, Field(ge=0, lt=1)] = 0.28\n",
+            ),
+            (
+                "occ_fast/config/tree.py",
+                "eps_high: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.28\n",
+                "eps_high: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.2\n",
+            ),
         ),
         (f"{LOOP}::test_clip_defaults_are_dapo_clip_higher",),
     ),
