@@ -85,7 +85,7 @@ def test_warm_start_teaches_the_worked_solution():
 
 def test_carries_preset_fits_every_worked_solution_in_its_rollout_budget():
     cfg = parse_config(["--preset", "carries"])
-    assert (cfg.data.digits, tuple(cfg.data.ops), cfg.data.solution) == (4, ("+",), "carries")
+    assert (cfg.data.digits, tuple(cfg.data.ops), cfg.data.solution) == (3, ("+",), "carries")
     tokenizer = build_tokenizer(cfg)
     task = synthetic_task(cfg)
     records = task.sample("train", cfg.data.train_problems, seed=0) + task.sample("eval", 256, seed=0)

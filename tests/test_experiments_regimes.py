@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import statistics
 
@@ -165,7 +166,7 @@ def test_occ_takes_its_global_scale_and_every_run_gets_the_preset(tmp_path):
     assert occ.flags() == ["--mtp.regime", "occ", "--mtp.lam-plus", "10.0"]
     cfg = run_config(args, occ, seed=1)
     assert (cfg.mtp.regime, cfg.mtp.lam_plus, cfg.mtp.coef) == ("occ", 10.0, 0.1)
-    assert (cfg.data.solution, cfg.data.digits, cfg.model.tiny.hidden_size) == ("carries", 4, 128)
+    assert (cfg.data.solution, cfg.data.digits, cfg.model.tiny.hidden_size) == ("carries", 3, 128)
     assert run_config(args, detach, seed=1).mtp.lam_plus == 1.0
     assert seed_argv(args, 1)[:2] == ["--preset", "carries"]  # the warm start trains the same preset
     results = {"preset": "carries", "settings": ["detach", "occ-10"], "seeds": 3, "rl_steps": [60],
@@ -175,6 +176,19 @@ def test_occ_takes_its_global_scale_and_every_run_gets_the_preset(tmp_path):
     )
     del results["preset"]  # a sweep from before --preset trained the tiny preset
     assert "--preset" not in command_line(results)
+
+
+def test_policy_and_occ_settings_take_a_head_cross_entropy(tmp_path):
+    occ, policy = parse_settings(["occ-10.0+ce-0.1", "policy-0.3+ce-0.5"])
+    assert (occ.name, occ.regime, occ.coef, occ.head_ce) == ("occ-10.0+ce-0.1", "occ", 10.0, 0.1)
+    assert occ.flags() == ["--mtp.regime", "occ", "--mtp.lam-plus", "10.0", "--mtp.head-ce-coef", "0.1"]
+    assert (policy.regime, policy.coef, policy.head_ce) == ("policy", 0.3, 0.5)
+    args = parse_args(["--regimes", "detach", "occ+ce-0.2", "--output", str(tmp_path / "s")])
+    cfg = run_config(args, args.settings[1], seed=0)
+    assert (cfg.mtp.regime, cfg.mtp.head_ce_coef, cfg.mtp.lam_plus) == ("occ", 0.2, 1.0)
+    for bad in ("detach+ce-0.1", "ce+ce-0.1", "policy+ce-0.1", "occ+ce-0", "occ+ce-x"):
+        with pytest.raises(ValueError, match=re.escape(f"unknown regime '{bad}'")):
+            parse_settings([bad])
 
 
 def _dose_runs(settings, heldout):

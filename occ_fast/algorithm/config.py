@@ -26,6 +26,9 @@ class LossConfig:
         mtp_coef: fixed coefficient of the MTP term for ``detach``, ``ce`` (c, paper 0.1) and
             ``policy`` (lam, paper 0.1 .. 1.0). With K heads each head gets ``mtp_coef / K``.
         occ_lam_plus: global scale of the OCC coefficient (paper text 1.0, reference script 0.1).
+        mtp_head_ce_coef: ``policy``/``occ`` only, not part of the method: also add
+            ``mtp_head_ce_coef / K * CE_mtp`` per head (the ``ce`` term), so that the MTP heads keep
+            learning to draft while the calibrated ``lam_t`` is near 0. 0 = as published.
         occ_aggregation: ``paper`` | ``code`` | ``code_masked`` (see ``occ_coefficient``).
         occ_form: ``advantage`` (reference code: MTP advantages times lam) or ``loss`` (paper
             formula: MTP loss times lam). Equal for lam >= 0, differ for lam < 0.
@@ -41,6 +44,7 @@ class LossConfig:
     mtp_regime: Regime = "none"
     mtp_coef: float = 0.1
     occ_lam_plus: float = 1.0
+    mtp_head_ce_coef: float = 0.0
     occ_aggregation: Aggregation = "paper"
     occ_form: Form = "advantage"
     eps_low: float = 0.2
@@ -56,6 +60,13 @@ class LossConfig:
         _choice("occ_form", self.occ_form, FORMS)
         _finite("mtp_coef", self.mtp_coef)
         _finite("occ_lam_plus", self.occ_lam_plus)
+        _finite("mtp_head_ce_coef", self.mtp_head_ce_coef)
+        if self.mtp_head_ce_coef < 0:
+            raise ValueError(f"LossConfig.mtp_head_ce_coef must be >= 0, got {self.mtp_head_ce_coef}")
+        if self.mtp_head_ce_coef and self.mtp_regime not in ("policy", "occ"):
+            raise ValueError(
+                f"LossConfig.mtp_head_ce_coef applies to the policy/occ regimes, not {self.mtp_regime!r}"
+            )
         if not 0.0 <= self.eps_low < 1.0:
             raise ValueError(f"LossConfig.eps_low must be in [0, 1), got {self.eps_low}")
         if not 0.0 <= self.eps_high < math.inf:

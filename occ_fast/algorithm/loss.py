@@ -109,6 +109,10 @@ def compute_loss(
             )
             term = head_loss if scale_advantages else coef * head_loss
             del head_metrics["loss"]
+            if cfg.mtp_head_ce_coef:
+                ce = -token_mean(lp_mtp[k], head_mask, head_tokens)
+                term = term + (cfg.mtp_head_ce_coef / num_heads) * ce
+                head_metrics["ce"] = ce.detach()
         loss = loss + term
         metrics[prefix + "loss"] = term.detach()
         metrics[prefix + "coef"] = coef

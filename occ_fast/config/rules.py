@@ -45,6 +45,11 @@ def problems(cfg: Config) -> list[str]:
         ),
         (mtp.exact_every == 0 or m.mtp_heads >= 1, "mtp.exact_every > 0 needs model.mtp_heads >= 1"),
         (
+            mtp.head_ce_coef == 0 or mtp.regime in ("policy", "occ"),
+            f"mtp.head_ce_coef > 0 adds an MTP cross-entropy to the policy/occ regimes; mtp.regime={mtp.regime!r} "
+            "has its own (mtp.coef)",
+        ),
+        (
             not (mtp.exact_every and mtp.regime == "none"),
             "mtp.exact_every > 0 needs an MTP term: mtp.regime must not be 'none'",
         ),

@@ -100,6 +100,8 @@ class MTPConfig:
     """Where lam applies: 'advantage' (reference code) or 'loss' (paper formula); they differ only for lam < 0."""
     detach_lm_head: bool = False
     """Keep the MTP objective off lm_head and the embedding (the later verl fix for the detach regime)."""
+    head_ce_coef: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
+    """policy/occ only, not part of the method: also add head_ce_coef * the MTP heads' cross-entropy (as ce does), so the draft heads keep training while lam is near 0; 0 = as published."""
     exact_every: Annotated[int, Field(ge=0)] = 0
     """Every N RL steps also measure the exact <g_RL, g_MTP> and ||g_MTP||^2 (two extra backwards); 0 = never."""
 
@@ -410,6 +412,7 @@ LOSS_FIELDS: dict[str, tuple[str, str]] = {
     "mtp_regime": ("mtp", "regime"),
     "mtp_coef": ("mtp", "coef"),
     "occ_lam_plus": ("mtp", "lam_plus"),
+    "mtp_head_ce_coef": ("mtp", "head_ce_coef"),
     "occ_aggregation": ("mtp", "aggregation"),
     "occ_form": ("mtp", "form"),
     "eps_low": ("algorithm", "eps_low"),

@@ -19,7 +19,9 @@ the output directory (default
 
 ``ce-<c>`` / ``detach-<c>`` set the MTP cross-entropy coefficient c (the preset's is 0.1), ``policy-<lam>``
 the fixed lam, ``occ-<lam_plus>`` OCC's global scale lam_plus (the preset's is 1.0; the proxy scales
-with the learning rate, so its scale is OCC's free parameter). The first setting is the reference of the paired differences in the table.
+with the learning rate, so its scale is OCC's free parameter). A ``policy``/``occ`` setting followed by
+``+ce-<c>`` (``occ+ce-0.1``, ``occ-10.0+ce-0.1``) also trains the MTP heads with c times their
+cross-entropy (``--mtp.head-ce-coef``, not part of the method). The first setting is the reference of the paired differences in the table.
 
 Shared warm start. The SFT warm start is done once per seed (``warm-start/seed<S>/``) and every
 regime of that seed starts RL from it (``--model.name-or-path``, SFT steps 0), with the same RNG
@@ -96,7 +98,7 @@ PAIRED_TITLES = {"final_reward": "reward", "heldout_accuracy": "held-out", "mtp_
 # Trainer flags the sweep sets itself; an --extra naming one would silently change what is compared.
 CONTROLLED_FLAGS = frozenset(
     {
-        "--mtp.regime", "--mtp.coef", "--mtp.lam-plus", "--preset", "--train.seed", "--data.seed", "--model.name-or-path",
+        "--mtp.regime", "--mtp.coef", "--mtp.lam-plus", "--mtp.head-ce-coef", "--preset", "--train.seed", "--data.seed", "--model.name-or-path",
         "--model.mtp-init", "--run.output-dir", "--run.name", "--run.resume",
     }
 )  # fmt: skip
@@ -106,22 +108,35 @@ CONTROLLED_FLAGS = frozenset(
 class Setting:
     """One regime setting of the sweep: ``detach``, ``ce``, ``occ``, or ``<regime>-<coef>`` for
     ``policy`` (its fixed lam), ``detach``/``ce`` (the MTP cross-entropy coefficient c) and ``occ``
-    (its global scale lam_plus)."""
+    (its global scale lam_plus); ``+ce-<c>`` after a ``policy``/``occ`` setting adds the MTP heads'
+    cross-entropy with coefficient c (``mtp.head_ce_coef``)."""
 
     name: str
     regime: str
     coef: float | None = None  # None: the preset's mtp.coef (mtp.lam_plus for occ)
+    head_ce: float | None = None  # None: the preset's mtp.head_ce_coef
 
     def flags(self) -> list[str]:
         flag = "--mtp.lam-plus" if self.regime == "occ" else "--mtp.coef"
         coef = [] if self.coef is None else [flag, repr(self.coef)]
-        return ["--mtp.regime", self.regime, *coef]
+        head_ce = [] if self.head_ce is None else ["--mtp.head-ce-coef", repr(self.head_ce)]
+        return ["--mtp.regime", self.regime, *coef, *head_ce]
 
 
 def parse_settings(names: Sequence[str]) -> list[Setting]:
     """Regime names to settings; ``policy`` alone means the three default fixed lams."""
     settings: list[Setting] = []
     for name in names:
+        base, plus, head_ce = name.partition("+ce-")
+        if plus:
+            setting = parse_settings([base])[0]
+            if base == "policy" or setting.regime not in ("policy", "occ") or not _is_positive_float(head_ce):
+                raise ValueError(
+                    f"unknown regime {name!r}: +ce-<c> follows one occ or policy-<lam> setting, with c > 0 "
+                    "(e.g. occ+ce-0.1)"
+                )
+            settings.append(dataclasses.replace(setting, name=name, head_ce=float(head_ce)))
+            continue
         regime, _, coef = name.partition("-")
         if name in ("detach", "ce", "occ"):
             settings.append(Setting(name, name))
@@ -132,7 +147,8 @@ def parse_settings(names: Sequence[str]) -> list[Setting]:
         else:
             raise ValueError(
                 f"unknown regime {name!r}: use detach, ce, occ, policy (= policy-0.1 policy-0.5 policy-1.0), "
-                "policy-<lam>, ce-<coef>, detach-<coef> or occ-<lam_plus> with a coefficient > 0"
+                "policy-<lam>, ce-<coef>, detach-<coef> or occ-<lam_plus> with a coefficient > 0, "
+                "optionally followed by +ce-<c> for policy/occ"
             )
     duplicates = sorted({s.name for s in settings if [t.name for t in settings].count(s.name) > 1})
     if duplicates:
@@ -163,7 +179,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         nargs="+",
         default=list(DEFAULT_SETTINGS),
         help="settings to run: detach ce occ policy (= policy-0.1 policy-0.5 policy-1.0) policy-<lam> "
-        "ce-<coef> detach-<coef> occ-<lam_plus>",
+        "ce-<coef> detach-<coef> occ-<lam_plus>, and policy/occ settings with +ce-<c> (e.g. occ+ce-0.1)",
     )
     parser.add_argument("--steps", type=int, help="RL steps per run (default: the preset's, 80)")
     parser.add_argument("--output", type=Path, help="output directory (default ./runs/regimes-<timestamp>)")
