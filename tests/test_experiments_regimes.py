@@ -204,7 +204,7 @@ def test_dose_plot_only_with_two_coefficients_of_a_regime(tmp_path):
     settings = parse_settings(["detach", "policy-0.1", "policy-1.0", "occ-1.0"])
     write_dose_plot(tmp_path, _dose_runs(settings, {"policy-0.1": 0.1, "policy-1.0": -0.2}), settings)
     assert (tmp_path / "dose.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    single = parse_settings(["detach", "policy-0.1", "occ-1.0"])
+    single = parse_settings(["detach", "policy-0.1", "occ-1.0", "occ-1.0+ce-0.1"])  # +ce: another treatment
     write_dose_plot(tmp_path / "none", _dose_runs(single, {}), single)
     assert not (tmp_path / "none").exists()
 

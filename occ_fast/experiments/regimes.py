@@ -546,13 +546,14 @@ def write_plots(output: Path, runs: list[dict[str, Any]], settings: list[Setting
 
 def write_dose_plot(output: Path, runs: list[dict[str, Any]], settings: list[Setting]) -> None:
     """``dose.png``: paired Δ held-out accuracy and forecast acceptance against the coefficient, for
-    ``policy`` (its fixed lam) and ``occ`` (lam_plus), when the sweep has two or more of either."""
+    ``policy`` (its fixed lam) and ``occ`` (lam_plus), when the sweep has two or more of either
+    (settings with an added head cross-entropy are left out: they are another treatment)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     reference = {r["seed"]: r for r in runs if r["setting"] == settings[0].name}
     series = {
-        regime: [s for s in settings if s.regime == regime and s != settings[0]]
+        regime: [s for s in settings if s.regime == regime and s.head_ce is None and s != settings[0]]
         for regime in ("policy", "occ")
     }
     series = {regime: members for regime, members in series.items() if len(members) >= 2}
