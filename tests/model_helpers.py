@@ -21,6 +21,16 @@ TINY = dict(
     rms_norm_eps=1e-6,
     tie_word_embeddings=False,
 )
+# The engine tests' model: large enough for vLLM's CPU kernels (head dim 64), small enough to load fast.
+ENGINE_QWEN2 = dict(
+    vocab_size=512,
+    hidden_size=128,
+    intermediate_size=256,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=1,
+    max_position_embeddings=512,
+)
 CONFIGS = {
     "qwen2": lambda: Qwen2Config(**TINY),
     "llama": lambda: LlamaConfig(**TINY),

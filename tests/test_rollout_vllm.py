@@ -16,7 +16,7 @@ from types import SimpleNamespace as NS
 
 import pytest
 import torch
-from model_helpers import small_qwen2_mtp, tiny_mtp_model
+from model_helpers import ENGINE_QWEN2, small_qwen2_mtp, tiny_mtp_model
 from safetensors.torch import load_file
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -374,15 +374,7 @@ def sleeping_engine(tmp_path_factory):
         pytest.skip("vLLM sleep mode needs a GPU platform")
     path = tmp_path_factory.mktemp("tiny")
     torch.manual_seed(0)
-    config = Qwen2Config(
-        vocab_size=512,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        tie_word_embeddings=False,
-    )
+    config = Qwen2Config(**ENGINE_QWEN2, tie_word_embeddings=False)
     model = MTPModel.from_base(Qwen2ForCausalLM(config).to(torch.bfloat16), 1, attn_implementation="sdpa")
     model = model.cuda().eval()
     model.base.save_pretrained(path)

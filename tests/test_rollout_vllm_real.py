@@ -23,6 +23,8 @@ if os.environ.get("OCC_FAST_REQUIRE_VLLM") == "1":
 else:
     pytest.importorskip("vllm")
 
+from model_helpers import ENGINE_QWEN2  # noqa: E402
+
 from occ_fast.checkpointing.files import capture_rng_state  # noqa: E402
 from occ_fast.model import MTPModel, save_mtp_model  # noqa: E402
 from occ_fast.monitoring.spec_forecast import draft_counts, forecast  # noqa: E402
@@ -32,15 +34,6 @@ from occ_fast.rollout.base import SamplingParams  # noqa: E402
 from occ_fast.rollout.vllm_engine import VLLMEngine, WeightSyncError, to_results  # noqa: E402
 
 # head_dim 64 (hidden 128, 2 heads): the CPU attention backend refuses head_dim 16.
-CONFIG = dict(
-    vocab_size=512,
-    hidden_size=128,
-    intermediate_size=256,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    max_position_embeddings=512,
-)
 # On CPU a fixed KV cache: the default reserves a fraction of host memory per engine.
 ENGINE = dict(max_model_len=256, engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 1 << 27})
 PROMPTS = [[5, 17, 3, 99], [22, 4, 9, 1, 250, 7], [300, 301], [11, 12, 13, 14, 15]]
@@ -60,9 +53,9 @@ def tiny_model(seed: int, *, num_mtp: int = 1, tie: bool = False, naming: str = 
     MTP input convention (before or after that norm) changes the drafts. Weights hold bf16 values, so
     that a bf16 engine holds exactly the trainer's weights."""
     torch.manual_seed(seed)
-    base = Qwen2ForCausalLM(Qwen2Config(**CONFIG, tie_word_embeddings=tie))
+    base = Qwen2ForCausalLM(Qwen2Config(**ENGINE_QWEN2, tie_word_embeddings=tie))
     model = MTPModel.from_base(base, num_mtp, attn_implementation="sdpa", naming=naming)
-    vocab, hidden = CONFIG["vocab_size"], CONFIG["hidden_size"]
+    vocab, hidden = ENGINE_QWEN2["vocab_size"], ENGINE_QWEN2["hidden_size"]
     with torch.no_grad():
         embed = torch.randn(vocab, hidden)
         spread = 0.3 + 2.0 * torch.rand(hidden)
