@@ -7,6 +7,7 @@ import json
 import math
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from test_diagnostics import TEMPERATURE, make_samples, mini_batch, stats, tiny_model
@@ -103,6 +104,13 @@ def test_summary_markdown_states_the_scaling(tmp_path):
     text = (tmp_path / "summary.md").read_text()
     assert "| 1e-4 | 3 | +0.0100 | +0.300 |" in text and "| 5e-4 | 3 | +0.0500 | +0.300 |" in text
     assert "median |proxy lam| goes from 0.0200 to 0.1000 (5.0x)" in text
+    to_gap, to_star = (
+        float(np.corrcoef([r["lam_proxy"] for r in rows(1.0)], [r[key] for r in rows(1.0)])[0, 1])
+        for key in ("gap_form", "lam_star")
+    )  # the same at both rates: Pearson ignores the scale
+    assert f"Pearson correlation is {to_gap:+.3f} with the gap form and {to_star:+.3f} with lam*" in text
+    wider = {**results["summary"], "2e-4": {**proxy.summarize_rows(rows(2.0)), "pearson_proxy_lam_star": 0.5}}
+    assert f"and between {to_star:+.3f} and +0.500 with lam* across the rates" in proxy.reading(wider)
     assert "(tiny preset, `occ`, 40 RL steps" in text  # results from before --preset: the tiny preset
     proxy.write_summary(tmp_path / "summary.md", {**results, "preset": "carries"})
     assert "(carries preset, `occ`, 40 RL steps" in (tmp_path / "summary.md").read_text()

@@ -196,10 +196,16 @@ def reading(summary: dict[str, dict[str, float]]) -> str:
         f"{s_lo['median_abs_lam_proxy']:.4f} to {s_hi['median_abs_lam_proxy']:.4f} "
         f"({growth}) and rms(d_rl) from "
         f"{s_lo['median_rms_d_rl']:.4f} to {s_hi['median_rms_d_rl']:.4f}, while the median |lam*| goes from "
-        f"{s_lo['median_abs_lam_star']:.3f} to {s_hi['median_abs_lam_star']:.3f}; per step the proxy "
-        f"follows the gap form with Pearson {min(s['pearson_proxy_gap_form'] for _, s in rated):.3f} or "
-        "more at every rate."
+        f"{s_lo['median_abs_lam_star']:.3f} to {s_hi['median_abs_lam_star']:.3f}; per step the proxy's "
+        f"Pearson correlation is {_span(rated, 'pearson_proxy_gap_form')} with the gap form and "
+        f"{_span(rated, 'pearson_proxy_lam_star')} with lam* across the rates."
     )
+
+
+def _span(rated: list[tuple[float, dict[str, float]]], key: str) -> str:
+    """``between a and b`` (or ``c`` when they agree) of ``key`` over the rates, 3 decimals."""
+    low, high = min(s[key] for _, s in rated), max(s[key] for _, s in rated)
+    return f"{low:+.3f}" if f"{low:+.3f}" == f"{high:+.3f}" else f"between {low:+.3f} and {high:+.3f}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
