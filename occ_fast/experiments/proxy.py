@@ -31,7 +31,7 @@ from typing import Any
 from rich.console import Console
 
 from occ_fast.config import ConfigError, parse_config
-from occ_fast.experiments.regimes import build_warm_start, warm_start_dir
+from occ_fast.experiments.regimes import add_preset_argument, build_warm_start, warm_start_dir
 from occ_fast.monitoring.diagnostics import proxy_exact_correlation
 from occ_fast.monitoring.metrics import read_metrics
 from occ_fast.train import train
@@ -45,11 +45,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m occ_fast.experiments.proxy",
         description="OCC proxy vs exact lam* and the gap form, at several learning rates.",
     )
-    parser.add_argument(
-        "--preset",
-        default="tiny",
-        help="trainer preset: a name in occ_fast/configs or a YAML path (default tiny)",
-    )
+    add_preset_argument(parser)
     parser.add_argument(
         "--lrs", nargs="+", default=list(DEFAULT_LRS), help="learning rates (default 1e-4 2e-4 5e-4)"
     )

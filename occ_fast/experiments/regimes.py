@@ -1,7 +1,7 @@
 """The MTP regime comparison at small scale (method.md sections 5, 6, 8): ``python -m occ_fast.experiments.regimes``.
 
 Trains a preset (default ``tiny``: 2-digit addition, 80 RL steps; its settings unchanged; ``--preset
-carries``: 4-digit addition with the carries written out, a 1M-parameter model) under ``detach``,
+carries``: 3-digit addition with the carries written out, a 0.86M-parameter model) under ``detach``,
 ``ce``, ``policy`` with fixed lam 0.1 / 0.5 / 1.0 and ``occ``, for S seeds each, one after the
 other, then scores every run greedily on held-out problems and writes ``results.md``,
 ``results.json``, ``summary.md`` (the snippet README.md includes), ``reward.png`` and ``lam.png`` to
@@ -21,7 +21,8 @@ the output directory (default
 the fixed lam, ``occ-<lam_plus>`` OCC's global scale lam_plus (the preset's is 1.0; the proxy scales
 with the learning rate, so its scale is OCC's free parameter). A ``policy``/``occ`` setting followed by
 ``+ce-<c>`` (``occ+ce-0.1``, ``occ-10.0+ce-0.1``) also trains the MTP heads with c times their
-cross-entropy (``--mtp.head-ce-coef``, not part of the method). The first setting is the reference of the paired differences in the table.
+cross-entropy (``--mtp.head-ce-coef``, not part of the method). The first setting is the reference
+of the paired differences in the table.
 
 Shared warm start. The SFT warm start is done once per seed (``warm-start/seed<S>/``) and every
 regime of that seed starts RL from it (``--model.name-or-path``, SFT steps 0), with the same RNG
@@ -168,11 +169,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         prog="python -m occ_fast.experiments.regimes",
         description="Train a preset under every MTP regime for several seeds; compare them.",
     )
-    parser.add_argument(
-        "--preset",
-        default="tiny",
-        help="trainer preset of every run: a name in occ_fast/configs or a YAML path (default tiny)",
-    )
+    add_preset_argument(parser)
     parser.add_argument("--seeds", type=int, default=3, help="seeds per setting: 0 .. S-1 (default 3)")
     parser.add_argument(
         "--regimes",
@@ -218,6 +215,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if not args.resume and args.output.exists() and any(args.output.iterdir()):
         parser.error(f"{args.output} is not empty: pass --resume to continue that sweep, or another --output")
     return args
+
+
+def add_preset_argument(parser: argparse.ArgumentParser) -> None:
+    """``--preset``: the trainer preset every run (and its warm start) trains."""
+    parser.add_argument(
+        "--preset",
+        default="tiny",
+        help="trainer preset of every run: a name in occ_fast/configs or a YAML path (default tiny)",
+    )
 
 
 def seed_argv(args: argparse.Namespace, seed: int) -> list[str]:
@@ -311,13 +317,6 @@ def summarize(runs: list[dict[str, Any]], settings: list[Setting]) -> dict[str, 
     seeds both have run. Every setting of a seed starts from the same warm start, so the pairing
     removes the warm start's seed-to-seed spread, which dwarfs the regime differences here."""
 
-    def stat(values: list[float]) -> dict[str, float | None]:
-        return {
-            "mean": statistics.mean(values) if values else None,
-            "std": statistics.stdev(values) if len(values) > 1 else None,
-        }
-
-    reference = {r["seed"]: r for r in runs if r["setting"] == settings[0].name}
     summary = {}
     for setting in settings:
         rows = [r for r in runs if r["setting"] == setting.name]
@@ -327,10 +326,27 @@ def summarize(runs: list[dict[str, Any]], settings: list[Setting]) -> dict[str, 
         for key in SUMMARY_KEYS:
             entry[key] = stat([r[key] for r in rows if r[key] is not None])
         for key in PAIRED_KEYS:
-            pairs = [(r[key], reference[r["seed"]][key]) for r in rows if r["seed"] in reference]
-            entry[f"paired_{key}"] = stat([a - b for a, b in pairs if a is not None and b is not None])
+            entry[f"paired_{key}"] = stat(paired_differences(runs, settings[0].name, setting.name, key))
         summary[setting.name] = entry
     return summary
+
+
+def stat(values: list[float]) -> dict[str, float | None]:
+    """Mean and sample std (None without values, std None with one)."""
+    return {
+        "mean": statistics.mean(values) if values else None,
+        "std": statistics.stdev(values) if len(values) > 1 else None,
+    }
+
+
+def paired_differences(runs: list[dict[str, Any]], reference: str, setting: str, key: str) -> list[float]:
+    """``key`` of ``setting`` minus that of ``reference`` with the same seed, for every seed both ran."""
+    base = {r["seed"]: r.get(key) for r in runs if r["setting"] == reference}
+    return [
+        r[key] - base[r["seed"]]
+        for r in runs
+        if r["setting"] == setting and base.get(r["seed"]) is not None and r.get(key) is not None
+    ]
 
 
 def _fmt(stat: dict[str, float | None], signed: bool = False, digits: int | None = None) -> str:
@@ -546,16 +562,19 @@ def write_plots(output: Path, runs: list[dict[str, Any]], settings: list[Setting
 
 def write_dose_plot(output: Path, runs: list[dict[str, Any]], settings: list[Setting]) -> None:
     """``dose.png``: paired Δ held-out accuracy and forecast acceptance against the coefficient, for
-    ``policy`` (its fixed lam) and ``occ`` (lam_plus), when the sweep has two or more of either
-    (settings with an added head cross-entropy are left out: they are another treatment)."""
+    ``policy`` (its fixed lam) and ``occ`` (lam_plus), when the sweep has two or more of either, as
+    mean ± sample std over seeds like the tables (settings with an added head cross-entropy are left
+    out: they are another treatment)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    reference = {r["seed"]: r for r in runs if r["setting"] == settings[0].name}
-    series = {
-        regime: [s for s in settings if s.regime == regime and s.head_ce is None and s != settings[0]]
+    series = {  # a setting without its own coefficient (the preset's) has no place on the axis
+        regime: [
+            s for s in settings
+            if s.regime == regime and s.coef is not None and s.head_ce is None and s != settings[0]
+        ]
         for regime in ("policy", "occ")
-    }
+    }  # fmt: skip
     series = {regime: members for regime, members in series.items() if len(members) >= 2}
     if not series:
         return
@@ -566,14 +585,9 @@ def write_dose_plot(output: Path, runs: list[dict[str, Any]], settings: list[Set
         for axes, key in zip(panels, ("heldout_accuracy", "forecast_acceptance")):
             points = []
             for s in members:
-                diffs = [
-                    r[key] - reference[r["seed"]][key]
-                    for r in runs
-                    if r["setting"] == s.name and r["seed"] in reference
-                    and r.get(key) is not None and reference[r["seed"]].get(key) is not None
-                ]  # fmt: skip
-                if diffs:
-                    points.append((1.0 if s.coef is None else s.coef, np.mean(diffs), np.std(diffs)))
+                paired = stat(paired_differences(runs, settings[0].name, s.name, key))
+                if paired["mean"] is not None:
+                    points.append((s.coef, paired["mean"], paired["std"] or 0.0))
             if points:
                 x, mean, std = map(np.array, zip(*sorted(points)))
                 label = f"{regime} ({'lam' if regime == 'policy' else 'lam_plus'})"
