@@ -31,12 +31,12 @@ trap 'rm -rf "$site"' EXIT
 if compgen -G "$root/.whl/*.whl" >/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --target "$site/wheels" "$root"/.whl/*.whl || status=1
 fi
-# occ_fast from the tree, occ_fast.kernels from kernels/ (the layout pyproject.toml installs).
+# occ_fast from the tree, occ_fast.kernels from kernels/src/ (the layout pyproject.toml installs).
 mkdir "$site/occ_fast"
 for entry in "$root"/occ_fast/*; do ln -s "$entry" "$site/occ_fast/"; done
-ln -s "$root/kernels" "$site/occ_fast/kernels"
+ln -s "$root/kernels/src" "$site/occ_fast/kernels"
 export PYTHONPATH="$site:$site/wheels${PYTHONPATH:+:$PYTHONPATH}"
-# Run from the link tree: from the repository root, Python would import ./occ_fast (no kernels/).
+# Run from the link tree: from the repository root, Python would import ./occ_fast (without kernels/src/).
 cd "$site"
 
 python3 -c "import torch, triton, numpy, pytest" || { echo "gpu_check needs torch, triton, numpy and pytest"; exit 1; }

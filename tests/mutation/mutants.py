@@ -20,8 +20,8 @@ class Mutant:
     equivalent: str | None = None
 
 
-TRITON = "kernels/logprob_triton.py"
-TORCH = "kernels/logprob_torch.py"
+TRITON = "kernels/src/logprob_triton.py"
+TORCH = "kernels/src/logprob_torch.py"
 KT = "tests/test_linear_logprob.py"
 TRAIN = "occ_fast/train.py"
 STEP = "occ_fast/training/step.py"
@@ -40,7 +40,7 @@ def m(id, what, path, old, new, *tests, equivalent=None):  # noqa: A002
 
 
 ALL = [
-    # ---- kernels/ ----
+    # ---- kernels/src/ ----
     m(
         "K1",
         "forward kernel: vocab mask off by one (reads one column past its slice)",
@@ -108,7 +108,7 @@ ALL = [
     m(
         "K9",
         "row statistics: cancellation-prone entropy lse - E_p[z]",
-        "kernels/rowwise.py",
+        "kernels/src/rowwise.py",
         "entropy = -_row_dot(logp.exp(), logp)",
         "entropy = (row_max + log_sumexp) - (logp.exp() * z).sum(-1)",
         f"{KT}::test_large_logits_no_worse_than_torch_fp32",
@@ -124,7 +124,7 @@ ALL = [
     m(
         "K11",
         "ignore mask: any negative target is ignored (ignore_index disregarded)",
-        "kernels/logprob.py",
+        "kernels/src/logprob.py",
         "valid = targets != ignore_index",
         "valid = targets >= 0",
         f"{KT}::test_custom_ignore_index",

@@ -7,7 +7,7 @@
 The working tree is never edited: the tracked and untracked (not ignored) files are copied once to
 a temporary directory, and each mutant's edits are applied there and undone afterwards. The copy
 is imported ahead of the editable install (``PYTHONPATH``, and ``occ_fast/kernels`` linked to the
-copy's ``kernels/``). A mutant whose original snippet is missing or not unique is reported
+copy's ``kernels/src/``). A mutant whose original snippet is missing or not unique is reported
 ``stale`` (an error): the code it targeted changed, and the list needs updating. The targeted
 tests first run on the unmutated copy (``baseline``); a failure there is an error too.
 """
@@ -44,7 +44,7 @@ def copy_tree(dest: Path) -> None:
         if src.is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
-    (dest / "occ_fast" / "kernels").symlink_to(dest / "kernels", target_is_directory=True)
+    (dest / "occ_fast" / "kernels").symlink_to(dest / "kernels" / "src", target_is_directory=True)
 
 
 def apply(mutant: Mutant, tree: Path) -> dict[Path, str] | str:
