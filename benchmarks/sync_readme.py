@@ -1,10 +1,12 @@
-"""Copy every measured snippet into README.md: ``python benchmarks/sync_readme.py [--check]``.
+"""Copy every measured snippet into the docs: ``python benchmarks/sync_readme.py [--check]``.
 
-A measuring command writes its figures to ``benchmarks/results/<topic>/summary.md``; README.md
-includes that file verbatim between the lines ``<!-- BEGIN benchmarks/results/<topic>/summary.md -->``
-and ``<!-- END benchmarks/results/<topic>/summary.md -->``. This script rewrites every such block from
-its file (``--check``: only report the blocks that differ, exit 1), so that a README figure is always
-the one a command wrote. ``tests/test_readme_figures.py`` runs the check.
+A measuring command writes its figures to ``benchmarks/results/<topic>/summary.md``; a page (README.md
+and every README.md under kernels/, occ_fast/, benchmarks/ and tests/) includes that file verbatim
+between the lines ``<!-- BEGIN benchmarks/results/<topic>/summary.md -->`` and
+``<!-- END benchmarks/results/<topic>/summary.md -->`` (paths from the repository root, on every page).
+This script rewrites every such block from its file (``--check``: only report the blocks that differ,
+exit 1), so that a figure in the docs is always the one a command wrote.
+``tests/test_readme_figures.py`` runs the check.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+DOC_FOLDERS = ("kernels", "occ_fast", "benchmarks", "tests")
 MARKER = re.compile(r"^<!-- (BEGIN|END) (benchmarks/results/[^ ]+/summary\.md) -->$")
 
 
@@ -28,6 +31,11 @@ class Block:
     path: str  # relative to the repository root
     begin: int  # line index of the BEGIN marker
     end: int  # line index of the END marker
+
+
+def pages(root: Path = ROOT) -> list[Path]:
+    """Every documentation page: the README and the README.md of the folders users browse."""
+    return [root / "README.md"] + sorted(p for f in DOC_FOLDERS for p in (root / f).rglob("README.md"))
 
 
 def find_blocks(lines: list[str]) -> list[Block]:
@@ -79,30 +87,36 @@ def stale_blocks(text: str, root: Path = ROOT) -> list[str]:
     return [b.path for b in find_blocks(lines) if "".join(lines[b.begin + 1 : b.end]) != snippet(b, root)]
 
 
+def sync_page(page: Path, root: Path, check: bool) -> int:
+    """0 when ``page`` is (or is now) in sync, 1 when ``check`` found stale blocks, 2 when malformed."""
+    text = page.read_text()
+    try:
+        new = synced(text, root)
+        stale = stale_blocks(text, root)
+    except ReadmeBlockError as err:
+        print(f"{page}: {err}", file=sys.stderr)
+        return 2
+    if check:
+        for path in stale:
+            print(f"{page}: the block of {path} differs from the file; run python benchmarks/sync_readme.py")
+        return 1 if stale else 0
+    if new != text:
+        page.write_text(new)
+        print(f"{page}: refreshed {', '.join(stale)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--readme", type=Path, default=ROOT / "README.md")
+    parser.add_argument(
+        "--readme", type=Path, help="one page (its folder is taken as the root); default: every page"
+    )
     parser.add_argument(
         "--check", action="store_true", help="report blocks that differ from their files; exit 1 if any"
     )
     args = parser.parse_args(argv)
-    text = args.readme.read_text()
-    try:
-        new = synced(text, args.readme.parent)
-        stale = stale_blocks(text, args.readme.parent)
-    except ReadmeBlockError as err:
-        print(f"{args.readme}: {err}", file=sys.stderr)
-        return 2
-    if args.check:
-        for path in stale:
-            print(
-                f"{args.readme}: the block of {path} differs from the file; run python benchmarks/sync_readme.py"
-            )
-        return 1 if stale else 0
-    if new != text:
-        args.readme.write_text(new)
-        print(f"{args.readme}: refreshed {', '.join(stale)}")
-    return 0
+    targets = [(args.readme, args.readme.parent)] if args.readme else [(p, ROOT) for p in pages()]
+    return max(sync_page(page, root, args.check) for page, root in targets)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""README figures come from result files: every snippet block equals the file a command wrote, and the
-prose outside the blocks quotes no run figure (only the listed constants: config values, versions,
-setting names, the paper's numbers)."""
+"""Figures in the docs come from result files: on every page (README.md and the README.md of each
+folder, ``sync_readme.pages``) every snippet block equals the file a command wrote, and the prose outside
+the blocks quotes no run figure (only the listed constants: config values, versions, setting names,
+the paper's numbers)."""
 
 from __future__ import annotations
 
@@ -48,24 +49,46 @@ def prose_outside_blocks(text: str) -> list[tuple[int, str]]:
     return [(i + 1, line) for i, line in enumerate(lines) if i not in inside]
 
 
-def quoted_figures(text: str) -> list[str]:
+def quoted_figures(text: str, name: str = "README.md") -> list[str]:
     found = []
     for number, line in prose_outside_blocks(text):
         for pattern, _ in ALLOWED:
             line = re.sub(pattern, " ", line)
-        found += [f"README.md:{number}: {m.group()!r}" for m in FIGURE.finditer(line)]
+        found += [f"{name}:{number}: {m.group()!r}" for m in FIGURE.finditer(line)]
     return found
 
 
-def test_every_block_holds_its_file():
-    text = (ROOT / "README.md").read_text()
-    assert sync_readme.find_blocks(text.splitlines()), "README.md has no result blocks"
+PAGES = [page.relative_to(ROOT).as_posix() for page in sync_readme.pages()]
+
+
+def test_the_pages_are_the_readme_and_each_topic():
+    for page in ("README.md", "kernels/README.md", "occ_fast/rollout/README.md", "tests/README.md"):
+        assert page in PAGES
+    assert not [p for p in PAGES if p.startswith((".venv", ".ci-venv", ".vllm-venv"))]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_block_holds_its_file(page):
+    text = (ROOT / page).read_text()
     assert sync_readme.stale_blocks(text) == [], "run: python benchmarks/sync_readme.py"
     assert sync_readme.synced(text) == text
 
 
-def test_readme_prose_quotes_no_run_figures():
-    assert quoted_figures((ROOT / "README.md").read_text()) == []
+def test_every_result_summary_is_on_a_page():
+    shown = {b.path for page in PAGES for b in sync_readme.find_blocks((ROOT / page).read_text().splitlines())}
+    written = {p.relative_to(ROOT).as_posix() for p in (ROOT / "benchmarks/results").glob("*/summary.md")}
+    assert written - shown == set()
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_prose_quotes_no_run_figures(page):
+    assert quoted_figures((ROOT / page).read_text(), page) == []
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p.startswith("benchmarks/results/")])
+def test_an_experiment_write_up_shows_its_own_results(page):
+    blocks = sync_readme.find_blocks((ROOT / page).read_text().splitlines())
+    assert [b.path for b in blocks] == [str(Path(page).parent / "summary.md")]
 
 
 def test_the_prose_check_flags_figures_and_spares_blocks_and_constants():

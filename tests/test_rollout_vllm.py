@@ -187,7 +187,7 @@ def test_mtp_drafts_only_from_formats_vllm_drafts_with(tmp_path, caplog):
     assert "capped to 1" in caplog.text
     assert mtp_draft_tokens(mimo, 1, "m") == 1
     deepseek_on_qwen2 = json.loads((tmp_path / "deepseek" / "config.json").read_text())
-    with pytest.raises(ValueError, match="model_type 'qwen2'.*model.naming mimo"):
+    with pytest.raises(ValueError, match="model_type 'qwen2'.*--model.mtp-init fresh.*naming='mimo'"):
         mtp_draft_tokens(deepseek_on_qwen2, 1, "d")
     assert mtp_draft_tokens({**deepseek_on_qwen2, "model_type": "deepseek_v3"}, 3, "d") == 3
     with pytest.raises(ValueError, match="no MTP heads"):

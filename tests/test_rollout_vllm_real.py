@@ -273,5 +273,5 @@ def test_sleep_mode_is_used_only_where_the_platform_has_it(tied_engine):
 
 def test_deepseek_named_heads_on_a_qwen2_trunk_are_refused_before_the_engine_starts(tmp_path):
     save_mtp_model(tiny_model(seed=2, naming="deepseek"), tmp_path)
-    with pytest.raises(ValueError, match="model_type 'qwen2'.*model.naming mimo"):
+    with pytest.raises(ValueError, match="model_type 'qwen2'.*--model.mtp-init fresh.*naming='mimo'"):
         VLLMEngine(tmp_path, speculative="mtp", **ENGINE)

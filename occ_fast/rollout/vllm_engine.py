@@ -129,7 +129,9 @@ def mtp_draft_tokens(config: dict[str, Any], num_speculative_tokens: int, where:
         f"speculative='mtp': vLLM drafts with MTP heads only for MiMo (architectures [MiMoForCausalLM], a "
         f"Qwen2 trunk with MiMo naming) or DeepSeek-V3 (model_type {' / '.join(DEEPSEEK_MTP_TRUNKS)}) "
         f"checkpoints; {where} is model_type {model_type!r}, architectures {architectures}. For a Qwen2 "
-        "trunk use model.naming mimo; other trunks cannot draft with their MTP heads in vLLM."
+        "trunk, train fresh heads (--model.mtp-init fresh writes them MiMo-named) or re-save the heads with "
+        "occ_fast.model.save_mtp_model(model, path, naming='mimo'); other trunks cannot draft with their "
+        "MTP heads in vLLM."
     )
 
 
