@@ -28,7 +28,7 @@ from occ_fast.model import save_mtp_model
 from occ_fast.monitoring.health import TrainingHalted
 from occ_fast.monitoring.interrupt import GracefulStop, Interrupted, resume_command
 from occ_fast.monitoring.output import OutputError, checkpoint_write_error
-from occ_fast.monitoring.report import PLOT_YLABELS, PLOTS, Summary, step_line, summarize
+from occ_fast.monitoring.report import PLOTS, Summary, step_line, summarize
 from occ_fast.rewards.loader import RewardFnImportError
 from occ_fast.training.heldout import run_eval
 from occ_fast.training.setup import Run, setup
@@ -74,10 +74,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     lam = "n/a" if summary.final_lam is None else f"{summary.final_lam:+.4f}"
     acc = "n/a" if summary.eval_accuracy is None else f"{summary.eval_accuracy:.3f}"
     console.print(
-        f"[bold]done[/] {summary.steps} steps | reward {summary.reward_start:.3f} -> {summary.reward_end:.3f}"
+        f"[bold]done[/] {summary.steps} steps | reward {summary.reward_change()}"
         f" | final lam {lam} | held-out accuracy {acc} | NaN steps skipped {summary.nan_skipped}"
         f" | reward failures {summary.reward_failures}\n"
-        f"run directory: {summary.run_dir}"
+        f"run directory: {summary.run_dir}",
+        soft_wrap=True,  # not broken at the terminal width: the line is parsed, the path copied
     )
     if summary.proxy_vs_exact:
         c = summary.proxy_vs_exact
@@ -98,7 +99,7 @@ def train(cfg: Config, *, console: Console | None = None) -> Summary:
         stop.deferred = True  # from here a signal lets the step finish, then saves it
         run_loop(run, stop)
         if run.metrics is not None:
-            run.metrics.plot(PLOTS, PLOT_YLABELS)
+            run.metrics.plot(PLOTS)
             run.metrics.close()
         run.scorer.close()
         if run.sharded:  # gathered, written by rank 0
@@ -132,7 +133,7 @@ def run_loop(run: Run, stop: GracefulStop) -> None:
             if saved:
                 save(run, step)
             if run.metrics is not None and cfg.run.plot_every and (step + 1) % cfg.run.plot_every == 0:
-                run.metrics.plot(PLOTS, PLOT_YLABELS)
+                run.metrics.plot(PLOTS)
             run.progress.advance(steps)
             signum = stop.agreed(run.device)
             if signum is not None and step + 1 < cfg.train.steps:  # after the last step: finish the run

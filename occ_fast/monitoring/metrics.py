@@ -13,11 +13,15 @@ import math
 import os
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_SUBDIR = "tensorboard"
@@ -46,37 +50,59 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     return records
 
 
+@dataclass(frozen=True)
+class Panel:
+    """One axes of a plot: series in one unit and of one scale, so none is flattened by another."""
+
+    series: Sequence[str]
+    ylabel: str
+    band: tuple[str, str] | None = None  # (low, high) metrics shaded around the series where they differ
+    log: bool = False  # a log axis when the values are positive and span a decade or more
+    note: str = ""  # what the panel leaves out, printed above it
+
+
 def plot_metrics(
-    metrics_path: str | Path,
-    out_dir: str | Path,
-    panels: Mapping[str, Sequence[str]],
-    ylabels: Mapping[str, str] | None = None,
+    metrics_path: str | Path, out_dir: str | Path, plots: Mapping[str, Sequence[Panel]]
 ) -> list[Path]:
-    """Draw one PNG per panel (``{"reward": ["reward/mean", "accuracy"], "occ": ["occ/lam"]}``).
+    """Draw one PNG per plot (``{"reward": [Panel(["reward/mean"], "reward")]}``) from a metrics file.
 
-    Each panel plots its series against step, its y-axis labelled ``ylabels[panel]`` (the panel's
-    name when absent). Series not logged yet (e.g. eval accuracy before the first eval) are left
-    out, and a panel with none of its series gets no file; the written paths are returned.
+    Series not logged yet (e.g. eval accuracy before the first eval) are left out, and a plot with
+    none of its series gets no file; the written paths are returned.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     records = read_metrics(metrics_path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for panel, series in panels.items():
-        figure = Figure(figsize=(7, 4), dpi=100)
-        FigureCanvasAgg(figure)
-        axes = figure.add_subplot()
-        if not draw_panel(axes, records, series, ylabel=(ylabels or {}).get(panel, panel)):
+    for name, panels in plots.items():
+        figure = draw_figure(records, name, panels)
+        if figure is None:
             continue
-        axes.set_title(panel)
-        figure.tight_layout()
-        target = out_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', panel)}.png"
+        target = out_dir / f"{re.sub(r'[^A-Za-z0-9_.-]+', '_', name)}.png"
         figure.savefig(target)
         written.append(target)
     return written
+
+
+def draw_figure(records: Sequence[Mapping[str, Any]], title: str, panels: Sequence[Panel]) -> Figure | None:
+    """The panels that have data, stacked over one step axis; None when none has."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    panels = [p for p in panels if any(_points(records, key) for key in p.series)]
+    if not panels:
+        return None
+    figure = Figure(figsize=(7, 2 + 2 * len(panels)), dpi=100, layout="constrained")
+    FigureCanvasAgg(figure)
+    all_axes = figure.subplots(len(panels), 1, sharex=True, squeeze=False)[:, 0]
+    for axes, panel in zip(all_axes, panels):
+        draw_panel(
+            axes, records, panel.series, ylabel=panel.ylabel, band=panel.band, log=panel.log, note=panel.note
+        )
+    all_axes[-1].set_xlabel("step")
+    all_axes[-1].xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole numbers
+    figure.suptitle(title)
+    return figure
 
 
 # Series of one panel often coincide (mean reward and accuracy of a 0/1 reward): each gets its own
@@ -85,26 +111,58 @@ _STYLES = [("-", "o"), ("--", "s"), (":", "^"), ("-.", "x")]
 
 
 def draw_panel(
-    axes: Any, records: Sequence[Mapping[str, Any]], series: Sequence[str], *, ylabel: str
+    axes: Any,
+    records: Sequence[Mapping[str, Any]],
+    series: Sequence[str],
+    *,
+    ylabel: str,
+    band: tuple[str, str] | None = None,
+    log: bool = False,
+    note: str = "",
 ) -> bool:
-    """Plot each of ``series`` against step on ``axes``; False when none has been logged."""
-    plotted = 0
+    """Plot each of ``series`` against step on ``axes``; False when none has been logged.
+
+    ``band``: a min..max pair shaded rather than drawn as lines, which would repeat the series
+    wherever the spread is 0; when it is 0 at every step the panel says so instead.
+    """
+    values: list[float] = []
     for key in series:
-        points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        points = _points(records, key)
         if points:
-            steps, values = zip(*points)
-            linestyle, marker = _STYLES[plotted % len(_STYLES)]
+            steps, ys = zip(*points)
+            linestyle, marker = _STYLES[len(axes.get_lines()) % len(_STYLES)]
             axes.plot(
-                steps, values, label=key, linestyle=linestyle, marker=marker,
+                steps, ys, label=key, linestyle=linestyle, marker=marker,
                 markevery=max(1, len(points) // 25), markersize=4, alpha=0.85,
             )  # fmt: skip
-            plotted += 1
-    if plotted:
-        axes.set_xlabel("step")
-        axes.set_ylabel(ylabel)
-        axes.grid(alpha=0.3)
-        axes.legend()
-    return bool(plotted)
+            values += ys
+    if not values:
+        return False
+    if band:
+        low, high = (dict(_points(records, key)) for key in band)
+        steps = sorted(low.keys() & high.keys())
+        if any(high[s] > low[s] for s in steps):
+            lows, highs = [low[s] for s in steps], [high[s] for s in steps]
+            axes.fill_between(steps, lows, highs, alpha=0.25, label=f"{band[0]} .. {band[1]}")
+            values += lows + highs
+        elif steps:
+            note = "\n".join(
+                filter(None, [note, f"{band[0]} = {band[1]} at every step, so no min..max band"])
+            )
+    finite = [v for v in values if math.isfinite(v)]  # a skipped step's NaN is a gap, not a value
+    if log and finite and min(finite) > 0 and max(finite) >= 10 * min(finite):
+        axes.set_yscale("log")
+    if note:
+        axes.set_title(note, loc="left", fontsize=8)
+    axes.set_ylabel(ylabel)
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return True
+
+
+def _points(records: Sequence[Mapping[str, Any]], key: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of every record that logged ``key`` as a number."""
+    return [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
 
 
 class MetricsLogger:
@@ -165,11 +223,9 @@ class MetricsLogger:
         if self._wandb is not None:
             self._wandb.log(values, step=step)
 
-    def plot(
-        self, panels: Mapping[str, Sequence[str]], ylabels: Mapping[str, str] | None = None
-    ) -> list[Path]:
+    def plot(self, plots: Mapping[str, Sequence[Panel]]) -> list[Path]:
         """Redraw the PNGs under ``run_dir/plots`` from everything logged so far."""
-        return plot_metrics(self.path, self.run_dir / PLOTS_SUBDIR, panels, ylabels)
+        return plot_metrics(self.path, self.run_dir / PLOTS_SUBDIR, plots)
 
     def close(self) -> None:
         self._file.close()
