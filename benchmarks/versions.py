@@ -37,7 +37,14 @@ PACKAGES = {
 SUITES = {
     "main": {"command": ["-m", "pytest", "-q"], "env": {}},
     "vllm": {
-        "command": ["-m", "pytest", "-q", "tests/test_rollout_vllm_real.py"],
+        "command": [
+            "-m",
+            "pytest",
+            "-q",
+            "tests/test_rollout_vllm_real.py",
+            "tests/test_linear_logprob.py",
+            "tests/test_kernel_hazards.py",
+        ],
         "env": {"OCC_FAST_REQUIRE_VLLM": "1"},
     },
 }

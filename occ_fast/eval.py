@@ -113,8 +113,10 @@ class EvalArgs:
 
 DESCRIPTION = (
     " ".join((EvalArgs.__doc__ or "").split())
-    + " Example: python -m occ_fast.eval --model runs/NAME --benchmarks aime24=data/aime24.parquet"
-    + " math500=data/math500.jsonl --k 32 --max-new-tokens 32768 (file schema: README, Evaluate)."
+    + " Example, from the repository root on the model a default run writes: python -m"
+    + " occ_fast.eval --model runs/NAME --benchmarks occ_fast/data/samples/addition_heldout.jsonl"
+    + " --reward arithmetic --k 4 --max-new-tokens 8; the paper's metric is --k 32 on your benchmark"
+    + " files (file schema: README, Evaluate)."
 )
 
 

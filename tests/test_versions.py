@@ -26,7 +26,9 @@ RECORD = json.loads((ROOT / "benchmarks/results/versions/results.json").read_tex
 
 def requirements() -> dict[str, Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    declared = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
+    declared = project["dependencies"] + [
+        r for extra in project["optional-dependencies"].values() for r in extra
+    ]
     return {(req := Requirement(line)).name: req for line in declared}
 
 

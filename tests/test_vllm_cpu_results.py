@@ -1,4 +1,5 @@
-"""The vLLM CPU figures in the README: written by benchmarks/vllm_cpu.py, and what they claim."""
+"""A figure check, not a test of the trainer: the vLLM CPU figures on the rollouts page were written by
+benchmarks/vllm_cpu.py (which runs tests/test_rollout_vllm_real.py), and they hold what the page claims."""
 
 import importlib.util
 import json
@@ -15,16 +16,16 @@ def _bench():
     return module
 
 
-def test_summary_is_rendered_from_the_results_and_included_in_the_readme():
+def test_summary_is_rendered_from_the_results_and_shown_on_the_rollouts_page():
     data = json.loads((RESULTS / "results.json").read_text())
     summary = (RESULTS / "summary.md").read_text()
     assert summary == _bench().render(data)
-    readme = (ROOT / "README.md").read_text()
+    page = (ROOT / "occ_fast" / "rollout" / "README.md").read_text()
     block = "<!-- BEGIN benchmarks/results/vllm-cpu/summary.md -->\n" + summary
-    assert block + "<!-- END benchmarks/results/vllm-cpu/summary.md -->" in readme
+    assert block + "<!-- END benchmarks/results/vllm-cpu/summary.md -->" in page
 
 
-def test_the_recorded_figures_hold_what_the_readme_says():
+def test_the_recorded_figures_hold_what_the_page_says():
     data = json.loads((RESULTS / "results.json").read_text())
     acc = data["acceptance"]
     assert acc["forecast"] == acc["measured"]  # greedy: the forecast replays vLLM's schedule exactly

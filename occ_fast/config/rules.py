@@ -102,8 +102,9 @@ def problems(cfg: Config) -> list[str]:
             f"(data.max_prompt_tokens + rollout.max_new_tokens = {longest})",
         ),
         (
-            tr.warmup_sft_steps == 0 or data.source == "synthetic",
-            "train.warmup_sft_steps > 0 needs data.source='synthetic' (file answers are not whole completions)",
+            tr.warmup_sft_steps == 0 or data.source == "synthetic" or m.name_or_path is None,
+            "train.warmup_sft_steps > 0 needs data.source='synthetic' or the tiny model (model.name_or_path "
+            "unset): the warm start teaches the synthetic task, not a file's problems",
         ),
         (
             not (run.resume == "auto" and run.name is None),

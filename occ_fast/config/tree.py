@@ -269,7 +269,8 @@ class TrainConfig:
     seed: int = 0
     """Seed of torch/numpy/python RNGs (model init, sampling)."""
     warmup_sft_steps: Annotated[int, Field(ge=0)] = 0
-    """Supervised steps on the synthetic task before RL, so a random model's rewards are not all zero."""
+    """Supervised steps on the synthetic task (data.digits, data.ops) before RL, so a random model's rewards
+    are not all zero; with data.source='file' only for the tiny model, RL then training on the file."""
     sft_lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1e-3
     """Learning rate of the supervised warm-start (constant)."""
     sft_batch_size: Annotated[int, Field(ge=1)] = 64

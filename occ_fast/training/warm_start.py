@@ -20,7 +20,7 @@ from occ_fast.model import MTPModel
 from occ_fast.policy.batching import Sample, make_micro_batches
 from occ_fast.policy.forward import policy_logprobs
 from occ_fast.prompts import encode_prompt
-from occ_fast.training.build import train_records
+from occ_fast.training.build import synthetic_task
 
 logger = logging.getLogger(__name__)
 
@@ -77,15 +77,22 @@ def warm_start(
 def sft_warm_start(
     cfg: Config, model: MTPModel, tokenizer: PreTrainedTokenizerBase, progress: Progress
 ) -> None:
-    """The warm start a run's config asks for (``train.warmup_sft_steps``), with its progress bar."""
-    if cfg.data.source != "synthetic":
-        raise ConfigError("train.warmup_sft_steps needs data.source='synthetic' (it trains on known answers)")
+    """The warm start a run's config asks for (``train.warmup_sft_steps``), with its progress bar.
+
+    It always teaches the synthetic task (``data.digits``, ``data.ops``): its worked answers are whole
+    completions, a file's answers are not. With ``data.source='file'`` (allowed for the tiny model,
+    whose tokenizer is built from that task) RL then trains on the file's problems.
+    """
+    if cfg.data.source != "synthetic" and cfg.model.name_or_path is not None:
+        raise ConfigError(
+            "train.warmup_sft_steps with data.source='file' needs the tiny model (it teaches the synthetic task)"
+        )
     with progress:
         task = progress.add_task("SFT warm-start", total=cfg.train.warmup_sft_steps)
         loss = warm_start(
             model,
             tokenizer,
-            train_records(cfg),
+            synthetic_task(cfg).sample("train", cfg.data.train_problems, seed=cfg.data.seed),
             steps=cfg.train.warmup_sft_steps,
             lr=cfg.train.sft_lr,
             batch_size=cfg.train.sft_batch_size,

@@ -1,0 +1,192 @@
+"""The commands the docs give a newcomer (own prompts, evaluation, own reward), run as quoted.
+
+Each runs in a subprocess from the repository root, where a user stands after cloning, and writes
+under ``./runs`` as a user's run does; the test removes what it wrote. The constants below are the
+exact strings the docs quote (``runs/NAME`` is the run directory a command before it wrote).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from occ_fast.config import ConfigError, parse_config
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN_SAMPLE = "occ_fast/data/samples/addition_train.jsonl"
+HELDOUT_SAMPLE = "occ_fast/data/samples/addition_heldout.jsonl"
+REWARD_SPEC = "occ_fast.rewards.examples.partial_credit:reward"
+
+# The run whose model the evaluation reads; the test shortens it to two RL steps (SHORT).
+DEFAULT_RUN_COMMAND = "python -m occ_fast.train"
+SHORT = "--train.steps 2"
+OWN_PROMPTS_COMMAND = (
+    f"python -m occ_fast.train --data.source file --data.path {TRAIN_SAMPLE} "
+    f"--eval.path {HELDOUT_SAMPLE} --train.steps 2"
+)
+OWN_MODEL_COMMAND = (
+    "python -m occ_fast.train --model.name-or-path runs/NAME/model --model.mtp-init auto "
+    f"--train.warmup-sft-steps 0 --data.source file --data.path {TRAIN_SAMPLE} "
+    f"--eval.path {HELDOUT_SAMPLE} --train.steps 2"
+)
+EVAL_COMMAND = (
+    f"python -m occ_fast.eval --model runs/NAME --benchmarks {HELDOUT_SAMPLE} "
+    "--reward arithmetic --k 4 --max-new-tokens 8"
+)
+REWARD_COMMAND = f"python -m occ_fast.train --reward.fn {REWARD_SPEC} --train.steps 2"
+
+
+class Runs:
+    """Runs commands from the root and remembers the run directories they create under ./runs."""
+
+    def __init__(self) -> None:
+        self.parent = ROOT / "runs"
+        self.parent_existed = self.parent.exists()
+        self.created: list[Path] = []
+
+    def run(self, command: str, name: str | None = None) -> tuple[subprocess.CompletedProcess, Path | None]:
+        """Run ``command`` (``NAME`` replaced by ``name``); return its result and the run directory it made."""
+        argv = shlex.split(command.replace("NAME", name) if name else command)
+        assert argv[0] == "python"
+        before = set(self.parent.iterdir()) if self.parent.is_dir() else set()
+        env = {**os.environ, "COLUMNS": "200"}  # rich's table keeps whole benchmark names
+        out = subprocess.run(
+            [sys.executable, *argv[1:]], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
+        )
+        new = sorted(set(self.parent.iterdir()) - before) if self.parent.is_dir() else []
+        self.created += new
+        assert out.returncode == 0, f"{command}\n{out.stderr[-3000:]}"
+        assert "Traceback" not in out.stderr, out.stderr[-3000:]
+        assert len(new) <= 1, new
+        return out, (new[0] if new else None)
+
+    def clean(self) -> None:
+        for path in self.created:
+            shutil.rmtree(path, ignore_errors=True)
+        if not self.parent_existed and self.parent.is_dir() and not any(self.parent.iterdir()):
+            self.parent.rmdir()
+
+
+@pytest.fixture(scope="module")
+def runs():
+    r = Runs()
+    yield r
+    r.clean()
+
+
+@pytest.fixture(scope="module")
+def default_run(runs) -> Path:
+    """A default run cut to two RL steps: its model/ is what a default run writes."""
+    _, run_dir = runs.run(f"{DEFAULT_RUN_COMMAND} {SHORT}")
+    assert run_dir is not None and (run_dir / "model" / "config.json").is_file()
+    return run_dir
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def config(run_dir: Path) -> dict:
+    return yaml.safe_load((run_dir / "config.yaml").read_text())
+
+
+def test_shipped_samples_are_what_their_script_writes():
+    script = ROOT / "occ_fast/data/samples/make_samples.py"
+    spec = importlib.util.spec_from_file_location("make_samples", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name, (split, n, seed) in module.SAMPLES.items():
+        shipped = (script.parent / name).read_text(encoding="utf-8")
+        assert shipped == module.sample_text(split, n, seed), name
+        rows = [json.loads(line) for line in shipped.splitlines()]
+        assert len(rows) == n and all(set(r) == {"prompt", "answer"} for r in rows)
+
+
+def test_warm_start_with_file_data_is_for_the_tiny_model_only():
+    """The tiny model's warm start teaches the synthetic task, also under file data; a real model's
+    file run keeps the refusal (a warm start would teach it arithmetic, not the file)."""
+    file_data = ["--data.source", "file", "--data.path", TRAIN_SAMPLE, "--eval.every", "0"]
+    assert parse_config(file_data).train.warmup_sft_steps > 0
+    with pytest.raises(ConfigError, match="needs data.source='synthetic' or the tiny model"):
+        parse_config([*file_data, "--model.name-or-path", "some/model"])
+
+
+def test_own_prompts_command_trains_on_the_file_and_earns_reward(runs):
+    _, run_dir = runs.run(OWN_PROMPTS_COMMAND)
+    cfg = config(run_dir)
+    assert cfg["data"]["source"] == "file" and cfg["data"]["path"] == TRAIN_SAMPLE
+    steps = metrics(run_dir)
+    assert len(steps) == 2
+    assert any(m["reward/mean"] > 0 for m in steps), steps  # the warm start makes some rollouts right
+    assert "eval/avg_at_k" in steps[-1]  # held out on eval.path, at the end
+    assert (run_dir / "model" / "model.safetensors").is_file()
+
+
+def test_own_prompts_from_a_trained_model_needs_no_warm_start(runs, default_run):
+    _, run_dir = runs.run(OWN_MODEL_COMMAND, name=default_run.name)
+    cfg = config(run_dir)
+    assert cfg["model"]["name_or_path"] == f"runs/{default_run.name}/model"
+    assert cfg["train"]["warmup_sft_steps"] == 0
+    assert any(m["reward/mean"] > 0 for m in metrics(run_dir))
+
+
+def test_eval_command_scores_the_sample_on_a_default_runs_model(runs, default_run):
+    out, _ = runs.run(EVAL_COMMAND, name=default_run.name)
+    (eval_dir,) = default_run.glob("eval-*")  # the default output: inside the run directory
+    results = json.loads((eval_dir / "results.json").read_text())
+    bench = results["benchmarks"]["addition_heldout"]
+    assert bench["num_problems"] == 32 and bench["k"] == 4
+    assert bench["num_errors"] == bench["num_timeouts"] == bench["num_truncated"] == 0
+    samples = [json.loads(line) for line in (eval_dir / bench["samples_file"]).read_text().splitlines()]
+    assert len(samples) == 32 * 4
+    assert {"problem", "sample", "completion", "answer", "reward", "finish_reason"} <= set(samples[0])
+    assert bench["avg_at_k"] == pytest.approx(sum(s["reward"] for s in samples) / len(samples))
+    assert 0 < bench["avg_at_k"] <= bench["pass_at_k"] <= 1
+    assert results["average"]["avg_at_k"] == bench["avg_at_k"]
+    for heading in ("avg@4", "pass@4", "addition_heldout", "average"):
+        assert heading in out.stdout, out.stdout
+    assert "results.json" in out.stderr
+
+
+def test_eval_help_gives_the_same_example():
+    from occ_fast.eval import DESCRIPTION
+
+    assert EVAL_COMMAND in " ".join(DESCRIPTION.split())
+
+
+def test_example_reward_function():
+    from occ_fast.rewards.examples.partial_credit import reward
+
+    assert [reward(c, "73") for c in (" 73", " 72", " 173", " 9", " +")] == [1, 1 / 2, 2 / 3, 0, 0]
+
+
+def test_reward_command_uses_the_users_function(runs):
+    _, run_dir = runs.run(REWARD_COMMAND)
+    assert config(run_dir)["reward"]["fn"] == REWARD_SPEC
+    steps = metrics(run_dir)
+    assert all(m["reward/errors"] == m["reward/timeouts"] == 0 for m in steps)
+    # accuracy is the share of samples rewarded above 0; only partial credit makes the mean fall below
+    # it: the built-in 0/1 reward would give mean == accuracy
+    assert any(0 < m["reward/mean"] < m["reward/accuracy"] for m in steps), steps
+
+
+@pytest.mark.parametrize(
+    ("page", "command"),
+    [
+        ("occ_fast/config/README.md", OWN_PROMPTS_COMMAND),
+        ("occ_fast/config/README.md", OWN_MODEL_COMMAND),
+        ("occ_fast/rewards/README.md", EVAL_COMMAND),
+        ("occ_fast/rewards/README.md", REWARD_COMMAND),
+    ],
+)
+def test_the_docs_quote_the_commands_these_tests_run(page, command):
+    assert command in (ROOT / page).read_text(), f"{page} no longer quotes: {command}"
