@@ -451,7 +451,8 @@ def results_table(results: dict[str, Any]) -> Table:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m occ_fast.eval``: evaluate, print the table; exit status 1 on bad input (a message, no traceback)."""
+    """``python -m occ_fast.eval``: evaluate, print the table; exit status 2 on bad input (a message, no
+    traceback), as training gives for a user's error (and a misspelt flag gives here too)."""
     console = Console(stderr=True)
     logging.basicConfig(
         level=logging.INFO, format="%(message)s", handlers=[RichHandler(console=console, show_path=False)]
@@ -461,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = run_eval(args, console=console)
     except EvalError as e:
         console.print(f"[bold red]error[/] {escape(str(e))}", soft_wrap=True)
-        return 1
+        return 2
     Console().print(results_table(results))
     console.print(f"results: {Path(results['config']['output']) / RESULTS_FILE}")
     return 0

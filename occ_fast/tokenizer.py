@@ -19,7 +19,7 @@ EOS_TOKEN = "<|eos|>"
 SPECIAL_TOKENS = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN)
 
 # Files that make a directory loadable by AutoTokenizer (any one of them is enough).
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 
 
 def train_bpe_tokenizer(
@@ -74,9 +74,9 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
     directory = Path(path)
     if not directory.is_dir():
         raise FileNotFoundError(f"tokenizer directory not found: {directory}")
-    if not any((directory / name).is_file() for name in _TOKENIZER_FILES):
+    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
         raise FileNotFoundError(
-            f"{directory} holds no tokenizer: expected one of {', '.join(_TOKENIZER_FILES)}"
+            f"{directory} holds no tokenizer: expected one of {', '.join(TOKENIZER_FILES)}"
         )
     tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     if tokenizer.eos_token_id is None:

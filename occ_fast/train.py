@@ -14,19 +14,27 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from occ_fast.monitoring.early_interrupt import exit_at_once_on_sigint
+
+if __name__ == "__main__":  # Ctrl-C during the imports below (seconds): one line, not a traceback
+    exit_at_once_on_sigint()
+
 import torch.distributed as dist
 from rich.console import Console
 from rich.logging import RichHandler
 
 from occ_fast import threads
 from occ_fast.checkpointing.files import CheckpointError, checkpoint_dir, find_latest
+from occ_fast.checkpointing.resume import NothingToTrain
+from occ_fast.checkpointing.run_lock import hold_run_dir
 from occ_fast.checkpointing.sharded import export_hf, save_sharded_checkpoint
 from occ_fast.checkpointing.single_process import save_checkpoint
 from occ_fast.config import Config, ConfigError, parse_config
 from occ_fast.data import DatasetError
-from occ_fast.model import save_mtp_model
+from occ_fast.model import ModelDirError, save_mtp_model
 from occ_fast.monitoring.health import TrainingHalted
 from occ_fast.monitoring.interrupt import GracefulStop, Interrupted, resume_command
+from occ_fast.monitoring.metrics import MetricsWriteError
 from occ_fast.monitoring.output import OutputError, checkpoint_write_error
 from occ_fast.monitoring.report import PLOTS, Summary, step_line, summarize
 from occ_fast.rewards.loader import RewardFnImportError
@@ -35,7 +43,7 @@ from occ_fast.training.setup import Run, setup
 from occ_fast.training.step import rl_step
 
 # User errors found at start (bad data, reward function, checkpoint): one line, no traceback.
-START_ERRORS = (DatasetError, RewardFnImportError, CheckpointError, OutputError)
+START_ERRORS = (DatasetError, RewardFnImportError, CheckpointError, OutputError, ModelDirError)
 RUN_STOPS = (TrainingHalted,)  # the run stopped itself (one line, exit status 1)
 
 
@@ -66,6 +74,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("RANK", "0") == "0":
             console.print(stop.message, soft_wrap=True)
         return stop.exit_code
+    except NothingToTrain as done:  # a finished run resumed again: say so, and succeed
+        if os.environ.get("RANK", "0") == "0":
+            console.print(str(done), soft_wrap=True)
+        return 0
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -94,7 +106,7 @@ def train(cfg: Config, *, console: Console | None = None) -> Summary:
 
     Under torchrun every rank calls this; rank 0 alone writes metrics, plots and logs."""
     console = console or Console(stderr=True)
-    with GracefulStop() as stop:
+    with GracefulStop() as stop, hold_run_dir(cfg.run_dir):  # the lock first: before any write there
         run = setup(cfg, console)
         stop.deferred = True  # from here a signal lets the step finish, then saves it
         run_loop(run, stop)
@@ -119,13 +131,14 @@ def run_loop(run: Run, stop: GracefulStop) -> None:
             if cfg.eval.every and ((step + 1) % cfg.eval.every == 0 or step + 1 == cfg.train.steps):
                 metrics.update(run_eval(run, step))
             if run.metrics is not None:
-                run.metrics.log(step, metrics)
+                log_metrics(run, step, metrics)
             run.history.append(metrics)
             if main_rank and (
                 (cfg.run.log_every and step % cfg.run.log_every == 0) or step + 1 == cfg.train.steps
             ):
                 run.progress.console.print(step_line(step, metrics))
-            run.nonfinite.check(cfg.run_dir)
+            run.health.end_step(step, metrics, cfg.run_dir)
+            run.nonfinite.check(cfg.run_dir, run.health.suspect_from)
             run.reward_health.end_step(step, metrics["reward/error_rate"])
             saved = (
                 cfg.run.save_every and (step + 1) % cfg.run.save_every == 0
@@ -138,6 +151,24 @@ def run_loop(run: Run, stop: GracefulStop) -> None:
             signum = stop.agreed(run.device)
             if signum is not None and step + 1 < cfg.train.steps:  # after the last step: finish the run
                 stop_after(run, step, signum, saved=saved)
+
+
+def log_metrics(run: Run, step: int, metrics: dict[str, float]) -> None:
+    """Write ``step``'s metrics (rank 0). When they cannot be written (a full disk), stop at a
+    checkpoint of the step, named in one line with the command that resumes (exit 1)."""
+    try:
+        run.metrics.log(step, metrics)
+    except MetricsWriteError as err:
+        if not run.sharded:  # under torchrun the other ranks cannot join a save now: name the last one
+            save(run, step)
+        checkpoint = find_latest(run.cfg.run_dir)
+        command = resume_command(run.cfg.run_dir / "config.yaml", run.dist.world_size)
+        where = (
+            f"stopped at checkpoint {checkpoint}; resume with: {command}"
+            if checkpoint
+            else "stopped before any checkpoint was saved"
+        )
+        raise TrainingHalted(f"{err} at step {step}: {where}") from err
 
 
 def stop_after(run: Run, step: int, signum: int, *, saved: bool) -> None:
@@ -167,6 +198,7 @@ def save(run: Run, step: int) -> None:
             run.scheduler,
             extra={"next_step": step + 1, "sampler": run.sampler.state_dict()},
             keep_last=run.cfg.run.keep_last,
+            health=run.health.record(),  # pruning keeps the newest healthy checkpoint
         )
     except Exception as e:
         failure = checkpoint_write_error(

@@ -30,3 +30,9 @@ def slow_on_odd_answers(completion: str, ground_truth: str) -> float:
     if int(ground_truth) % 2:
         time.sleep(5.0)
     return arithmetic_reward(completion, ground_truth)
+
+
+def has_digit(completion: str, ground_truth: str) -> float:
+    """1 when the completion holds a digit: a reward that a random-init model earns on some of its
+    samples, so that its groups have a learning signal from the first step."""
+    return float(any(c.isdigit() for c in completion))

@@ -115,3 +115,29 @@ class Trainer:
 
 def run_trainer(args: list[str], **env: str) -> tuple[int, str]:
     return Trainer(args, **env).finish()
+
+
+def hf_model_dir(path: Path, *, max_position_embeddings: int = 64) -> Path:
+    """A tiny random-init Qwen2 model directory as ``save_pretrained`` writes it: config.json,
+    model.safetensors and an arithmetic tokenizer, no MTP weights (the run starts fresh heads)."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from occ_fast.tokenizer import train_bpe_tokenizer
+
+    corpus = [f"{i} + {i + 1} = {2 * i + 1}" for i in range(100)]
+    tokenizer = train_bpe_tokenizer(corpus, vocab_size=300, split_digits=True)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+    )
+    Qwen2ForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

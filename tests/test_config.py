@@ -255,8 +255,9 @@ def test_every_problem_in_a_preset_file_is_reported_at_once(tmp_path):
         "invalid configuration:",
         f"  - {path}: rollout.top_k: expected an integer, got 'x'",
         f"  - {path}: rollout.n: expected a value >= 2, got 1",
-        f"  - {path}: unknown key optim.lrr (fields of optim: betas, eps, grad_clip, lr, max_nonfinite_updates, "
-        "micro_batch_size, micro_batch_tokens, min_lr_ratio, mini_batches, schedule, warmup_steps, weight_decay)",
+        f"  - {path}: unknown key optim.lrr (fields of optim: betas, collapse_steps, eps, grad_clip, lr, "
+        "max_nonfinite_updates, max_update_ratio, micro_batch_size, micro_batch_tokens, min_lr_ratio, "
+        "mini_batches, schedule, stop_on_collapse, warmup_steps, weight_decay)",
         f"  - {path}: train.steps: expected a value >= 1, got 0",
     ]
 

@@ -225,9 +225,30 @@ def test_vllm_engine_without_vllm_says_what_to_install(run_dir, tmp_path):
 
 
 def test_main_reports_bad_input_without_a_traceback(tmp_path, capsys):
-    assert main(["--model", str(tmp_path), "--benchmarks", str(tmp_path / "x.jsonl")]) == 1
+    assert main(["--model", str(tmp_path), "--benchmarks", str(tmp_path / "x.jsonl")]) == 2
     err = capsys.readouterr().err
     assert "x.jsonl does not exist" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--benchmarks", "missing.jsonl"], "missing.jsonl does not exist"),  # bad input
+        (["--benchmarks", "b.jsonl", "--k", "0"], "--k must be >= 1"),  # a bad value
+        (["--benchmarks", "b.jsonl", "--kk", "2"], "--kk"),  # a misspelt flag
+    ],
+)
+def test_bad_input_exits_2_as_training_does(tmp_path, flags, says):
+    """The exit status of ``python -m occ_fast.train`` for a user's error (1 is a run that stops itself)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "occ_fast.eval", "--model", str(tmp_path), *flags],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert says in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
 
 
 def test_help_exits_zero():

@@ -1,17 +1,21 @@
 """Where the run writes: an output path that is a file, a read-only directory, a disk that fills up
-while a checkpoint is written. One line each, naming the path (and the last good checkpoint)."""
+while a checkpoint, the metrics, a plot or config.yaml is written. One line each, naming the path
+(and the checkpoint to resume from); a plot that cannot be written is only a warning."""
 
 from __future__ import annotations
 
 import builtins
 import errno
+import logging
 import os
+import pathlib
 import stat
 
 import pytest
 from faults_helpers import fast_args
 
 import occ_fast.checkpointing.files as checkpoint_files
+import occ_fast.monitoring.metrics as metrics_module
 import occ_fast.training.setup as training_setup
 from occ_fast.train import main
 
@@ -81,3 +85,109 @@ def test_full_disk_while_checkpointing_names_the_last_good_checkpoint(tmp_path, 
     ) in err, err
     assert "Traceback" not in err and "unexpected pos" not in err
     assert sorted(p.name for p in checkpoints.iterdir()) == ["step_000000000"]  # no half-written one
+
+
+def no_space() -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.strip()]
+
+
+def test_full_disk_while_plotting_warns_once_and_the_run_goes_on(tmp_path, capsys, caplog, monkeypatch):
+    from matplotlib.figure import Figure
+
+    def savefig_on_a_full_disk(self, target, *args, **kwargs):
+        pathlib.Path(target).write_bytes(b"\x89PNG")  # what fitted before the disk filled up
+        raise no_space()
+
+    monkeypatch.setattr(Figure, "savefig", savefig_on_a_full_disk)
+    args = fast_args(tmp_path, "r", "--train.steps", "3", "--run.plot-every", "1")
+    with caplog.at_level(logging.WARNING, logger="occ_fast"):
+        assert main(args) == 0
+    warnings = [r.getMessage() for r in caplog.records if "plot" in r.getMessage()]
+    assert len(warnings) == 1 and len(warnings[0].splitlines()) == 1, warnings
+    assert f"no space left on device writing plots under {tmp_path / 'r' / 'plots'}" in warnings[0]
+    assert "Traceback" not in capsys.readouterr().err
+    assert len((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()) == 3
+    assert (tmp_path / "r" / "model" / "config.json").is_file()
+
+
+class DiskFullAfter(FullDiskFile):
+    """A file that accepts ``writes`` writes, then fails each one as on a full disk."""
+
+    def __init__(self, real, writes: int) -> None:
+        super().__init__(real, budget=0)
+        self.writes = writes
+
+    def write(self, data) -> int:
+        if not self.writes:
+            raise no_space()
+        self.writes -= 1
+        return self.real.write(data)
+
+
+def test_full_disk_while_logging_metrics_stops_at_a_checkpoint_it_names(tmp_path, capsys, monkeypatch):
+    def open_on_a_filling_disk(path, mode="r", *args, **kwargs):
+        real = builtins.open(path, mode, *args, **kwargs)  # noqa: SIM115 - closed by the caller
+        return DiskFullAfter(real, writes=1) if str(path).endswith("metrics.jsonl") else real
+
+    monkeypatch.setattr(metrics_module, "open", open_on_a_filling_disk, raising=False)
+    run_dir = tmp_path / "r"
+    assert main(fast_args(tmp_path, "r", "--train.steps", "3", "--run.save-every", "0")) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    checkpoint = run_dir / "checkpoints" / "step_000000001"
+    (line,) = error_lines(err)[-1:]
+    assert line.startswith(
+        f"no space left on device writing {run_dir / 'metrics.jsonl'} at step 1: stopped at checkpoint "
+        f"{checkpoint}; resume with: python -m occ_fast.train --preset "
+        f"{run_dir / 'config.yaml'} --run.resume auto"
+    ), err
+    assert (checkpoint / "meta.json").is_file()
+    assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_full_disk_while_writing_tensorboard_events_stops_at_a_checkpoint_it_names(
+    tmp_path, capsys, monkeypatch
+):
+    from torch.utils.tensorboard import SummaryWriter
+
+    flushes = []
+
+    def flush_on_a_filling_disk(self):
+        flushes.append(1)
+        if len(flushes) > 1:
+            raise no_space()
+
+    monkeypatch.setattr(SummaryWriter, "flush", flush_on_a_filling_disk)
+    run_dir = tmp_path / "r"
+    args = fast_args(tmp_path, "r", "--train.steps", "3", "--run.save-every", "0", "--run.tensorboard")
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    checkpoint = run_dir / "checkpoints" / "step_000000001"
+    assert error_lines(err)[-1].startswith(
+        f"no space left on device writing TensorBoard events under {run_dir / 'tensorboard'} at step 1: "
+        f"stopped at checkpoint {checkpoint}"
+    ), err
+    assert (checkpoint / "meta.json").is_file()
+
+
+def test_full_disk_while_writing_config_yaml_at_start_leaves_none_behind(tmp_path, capsys, monkeypatch):
+    write_text = pathlib.Path.write_text
+
+    def write_text_on_a_full_disk(self, *args, **kwargs):
+        if "config.yaml" in self.name:
+            self.touch()  # the file is created; its first block does not fit
+            raise no_space()
+        return write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", write_text_on_a_full_disk)
+    run_dir = tmp_path / "r"
+    assert main(fast_args(tmp_path, "r", "--train.steps", "1")) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    assert error_lines(err)[-1] == f"error no space left on device writing {run_dir / 'config.yaml'}", err
+    assert not [p.name for p in run_dir.iterdir() if "config.yaml" in p.name]

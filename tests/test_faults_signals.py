@@ -8,8 +8,11 @@ import json
 import re
 import shlex
 import signal
+import sys
 import time
+from pathlib import Path
 
+import pytest
 from faults_helpers import Trainer, fast_args, run_trainer
 
 from occ_fast.checkpointing.files import find_latest
@@ -62,3 +65,25 @@ def test_a_second_sigint_exits_at_once_without_saving(tmp_path):
     assert code == 128 + signal.SIGINT, output[-3000:]
     assert "second SIGINT: exiting now without saving" in output
     assert find_latest(run_dir) is None
+
+
+def loading_torch(pid: int) -> bool:
+    """Whether process ``pid`` has mapped torch's C++ library: it is inside its start-up imports."""
+    try:
+        return "libtorch" in (Path("/proc") / str(pid) / "maps").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="watches the imports through /proc")
+def test_ctrl_c_during_start_up_imports_is_one_line(tmp_path):
+    trainer = Trainer(fast_args(tmp_path, "r"))
+    trainer.wait_for(lambda: loading_torch(trainer.proc.pid), "importing torch")
+    trainer.signal(signal.SIGINT)
+    code, output = trainer.finish()
+    assert code == 128 + signal.SIGINT, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert output.strip().splitlines() == [
+        "interrupted (SIGINT) during start-up: no step was trained; rerun the same command to start"
+    ]
+    assert not (tmp_path / "r").exists()

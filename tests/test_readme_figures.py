@@ -34,7 +34,7 @@ ALLOWED = [
     (r"optim\.lr 0\.001 -> 0\.0005", "an example of a resume note"),
     (r"`reward/error_rate` 1\.0|answer `7\.0`", "an input or value a fault test sets"),
     (r"clip defaults are 0\.2 / 0\.28", "the config's clip defaults"),
-    (r"Qwen2-0\.5B", "a model's name"),
+    (r"Qwen[\d.]*-\d+(?:\.\d+)?B", "a model's name"),
     (r">= 60% of a bf16", "the kernel's throughput goal"),
 ]
 # A decimal number, or a count with a unit of time or size: what a measurement would look like.

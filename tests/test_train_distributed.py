@@ -68,6 +68,7 @@ COMPARED = (
     "loss",
     "mtp1/loss",
     "optim/grad_norm",
+    "optim/update_ratio",  # the weights' global norm, gathered from the FSDP2 shards
     "eval/avg_at_k",
 )
 

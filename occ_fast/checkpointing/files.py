@@ -5,10 +5,16 @@
 once complete; ``meta.json`` is its last file, so a step directory with a ``meta.json`` is a complete
 checkpoint of either format. A re-saved step is first moved aside as ``.trash-step_...``; an
 interrupted save is cleaned up (or the moved-aside checkpoint put back) by the next save.
+
+``meta.json`` also holds the manifest: the size and sha256 of every other file, so that a checkpoint
+damaged after its save (a truncated copy, a flipped bit, which would otherwise load silently) is
+found before it is loaded (:func:`damage`). sha256 runs at about 1.7 GB/s a core (SHA-NI), about
+the speed of reading the checkpoint back; the file is then in the page cache for the load itself.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -26,6 +32,7 @@ CHECKPOINTS_SUBDIR = "checkpoints"
 SCHEDULER_FILE = "scheduler.pt"
 EXTRA_FILE = "extra.pt"
 META_FILE = "meta.json"  # written last: its presence marks a complete checkpoint
+MANIFEST = "manifest"  # meta.json's {path: [bytes, sha256]} of every other file of the checkpoint
 
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 _TMP_PREFIX = ".tmp-"
@@ -56,13 +63,15 @@ def find_latest(run_dir: str | Path) -> Path | None:
 
 def complete_checkpoints(checkpoints: Path) -> list[Path]:
     """Complete step directories, oldest first."""
+    return [entry for entry in step_dirs(checkpoints) if (entry / META_FILE).is_file()]
+
+
+def step_dirs(checkpoints: Path) -> list[Path]:
+    """Step directories, complete or not, oldest first: one without ``meta.json`` is no interrupted
+    save (those are staged under another name) but a damaged checkpoint."""
     if not checkpoints.is_dir():
         return []
-    found = []
-    for entry in checkpoints.iterdir():
-        match = _STEP_DIR.match(entry.name)
-        if match and (entry / META_FILE).is_file():
-            found.append((int(match.group(1)), entry))
+    found = [(int(m.group(1)), e) for e in checkpoints.iterdir() if (m := _STEP_DIR.match(e.name))]
     return [entry for _, entry in sorted(found)]
 
 
@@ -94,7 +103,9 @@ def staging_dir(final: Path) -> Path:
 
 def publish(tmp: Path, final: Path, meta: Mapping[str, Any], keep_last: int | None) -> None:
     """Write ``meta.json`` last, rename the staged checkpoint into place durably, and prune all but
-    the newest ``keep_last`` complete checkpoints."""
+    the newest ``keep_last`` complete checkpoints and, when ``meta`` records the run's health, the
+    newest known healthy (:func:`last_healthy`): keep_last alone would delete the last good checkpoint
+    once enough were saved while the run was ruined."""
     parent = final.parent
     payload = json.dumps(dict(meta), indent=2).encode()
     write_file(tmp / META_FILE, lambda f: f.write(payload))
@@ -105,8 +116,69 @@ def publish(tmp: Path, final: Path, meta: Mapping[str, Any], keep_last: int | No
     fsync_path(parent)
     remove_leftovers(parent)
     if keep_last is not None:
-        for old in complete_checkpoints(parent)[:-keep_last]:
-            shutil.rmtree(old)
+        complete = complete_checkpoints(parent)
+        healthy = last_healthy(complete, meta["step"]) if "health" in meta else None
+        for old in complete[:-keep_last]:
+            if old != healthy:
+                shutil.rmtree(old)
+
+
+def last_healthy(checkpoints: list[Path], before: int) -> Path | None:
+    """The newest of ``checkpoints`` (oldest first) that was saved while the run was healthy, of a step
+    below ``before`` and below the first step in doubt that any newer one records: a collapse shows
+    only in the steps after the weights that caused it, which were saved as healthy. Saving passes
+    its own step as ``before``, since no step has sampled the newest weights yet. A checkpoint saved
+    before health was recorded counts as healthy; one whose ``meta.json`` is unreadable does not."""
+    for path in reversed(checkpoints):
+        try:
+            meta = read_meta(path)
+        except CheckpointError:
+            continue
+        health = meta.get("health", {"healthy": True})
+        if not health["healthy"]:
+            before = min(before, health["suspect_from"])
+        elif meta["step"] < before:
+            return path
+    return None
+
+
+def manifest(directory: Path, rank: int = 0, world_size: int = 1) -> dict[str, list]:
+    """Size and sha256 of the files under ``directory`` but ``meta.json``: this rank's share of them
+    (every ``world_size``-th by path), so that the ranks of a sharded save hash in parallel."""
+    files = sorted(p for p in directory.rglob("*") if p.is_file() and p != directory / META_FILE)
+    return {
+        p.relative_to(directory).as_posix(): [p.stat().st_size, _sha256(p)] for p in files[rank::world_size]
+    }
+
+
+def damage(path: Path, rank: int = 0, world_size: int = 1) -> str | None:
+    """Why the checkpoint at ``path`` cannot be trusted, or None: ``meta.json`` missing or unreadable,
+    a file of its manifest missing or of another size, or (this rank's share of them, as in
+    :func:`manifest`) another sha256. A checkpoint saved before manifests existed has none to check."""
+    if not (path / META_FILE).is_file():
+        return f"{META_FILE} is missing"
+    try:
+        listed = sorted(read_meta(path).get(MANIFEST, {}).items())
+    except CheckpointError as exc:
+        return str(exc)
+    for name, (size, _) in listed:
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} holds {file.stat().st_size} bytes, {size} were written"
+    for name, (_, digest) in listed[rank::world_size]:
+        if _sha256(path / name) != digest:
+            return f"{name} differs from what was written (sha256)"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def remove_leftovers(checkpoints: Path) -> None:

@@ -14,17 +14,31 @@ in force, followed by one comment line per resume naming its checkpoint, step an
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import logging
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
-from occ_fast.checkpointing.files import CheckpointError, find_latest
-from occ_fast.checkpointing.sharded import is_sharded_checkpoint, load_sharded_checkpoint
+from occ_fast.checkpointing.files import (
+    CHECKPOINTS_SUBDIR,
+    CheckpointError,
+    damage,
+    find_latest,
+    read_meta,
+    step_dirs,
+)
+from occ_fast.checkpointing.sharded import all_ranks, is_sharded_checkpoint, load_sharded_checkpoint
 from occ_fast.checkpointing.single_process import load_checkpoint
 from occ_fast.config import Config, ConfigError
 from occ_fast.model import MTPModel
+from occ_fast.monitoring.output import write_text_atomic
+
+logger = logging.getLogger(__name__)
 
 RESUME_NOTE = "# resumed from "
 # Not part of what a run is: where it lives and how this invocation found it.
@@ -42,31 +56,110 @@ FIXED: dict[str, str] = {  # key or section prefix -> why it cannot change mid-r
 CHANGEABLE = frozenset({"data.prompts_per_step"})  # in a fixed section, but per-step only
 
 
+class NothingToTrain(Exception):
+    """The checkpoint to resume already trained ``train.steps`` steps: nothing to do (exit 0, so that a
+    requeued job script that resumes a finished run succeeds)."""
+
+
 def resolve_resume(cfg: Config) -> Path | None:
-    """The checkpoint to resume from: ``run.resume`` = ``auto`` (latest in the run dir, if any) or a path.
+    """The checkpoint to resume from: ``run.resume`` = ``auto`` (the newest intact one in the run dir;
+    none: a new run, said in one line), ``must`` (the same, but no run is refused) or a path.
 
     A run directory counts as a run once it has logged a step or saved a checkpoint: one left by a
-    run that failed at start (or was stopped before its first step) is simply started again."""
-    latest = find_latest(cfg.run_dir)
+    run that failed at start (or was stopped before its first step) is simply started again. A
+    checkpoint is checked against its manifest first (:func:`damage`): ``auto`` and ``must`` pass
+    over damaged ones, named in one line with why; a damaged path is refused. ``train.steps`` below
+    the checkpoint's steps is refused; equal to them raises :class:`NothingToTrain` once the run has
+    exported ``model/`` (until then the resume trains nothing and finishes the export a kill cut off)."""
+    saved = step_dirs(cfg.run_dir / CHECKPOINTS_SUBDIR)
     metrics = cfg.run_dir / "metrics.jsonl"
-    trained = latest is not None or (metrics.is_file() and metrics.stat().st_size > 0)
+    trained = bool(saved) or (metrics.is_file() and metrics.stat().st_size > 0)
     if cfg.run.resume is None:
         if trained:
             raise ConfigError(
                 f"{cfg.run_dir} already holds a run: pass --run.resume auto to continue it, or a new --run.name"
             )
         return None
-    if cfg.run.resume == "auto":
-        if latest is None and trained:
+    if cfg.run.resume in ("auto", "must"):
+        if not trained:
+            return _no_run(cfg)
+        if not saved:
             raise ConfigError(
                 f"{cfg.run_dir} has metrics but no checkpoint to resume from (it stopped before its first "
                 f"save): start again under a new --run.name, or delete {cfg.run_dir} and rerun this command"
             )
-        return latest
-    path = Path(cfg.run.resume)
-    if not path.is_dir():
-        raise ConfigError(f"run.resume: checkpoint directory not found: {path}")
-    return path
+        checkpoint, damaged = _newest_intact(reversed(saved))
+        if checkpoint is None:
+            raise CheckpointError(
+                f"no intact checkpoint to resume: {'; '.join(damaged)}; start again under a new --run.name"
+            )
+        if damaged and _main_rank():
+            logger.warning("%s: resuming from the newest intact one, %s", "; ".join(damaged), checkpoint)
+    else:
+        checkpoint = Path(cfg.run.resume)
+        if not checkpoint.is_dir():
+            raise ConfigError(f"run.resume: checkpoint directory not found: {checkpoint}")
+        why = _damage(checkpoint)
+        if why is not None:
+            others = [p for p in reversed(step_dirs(checkpoint.parent)) if p.name != checkpoint.name]
+            intact = _newest_intact(others)[0]
+            there = f"; the newest intact one there is {intact}" if intact else ""
+            raise CheckpointError(f"checkpoint {checkpoint} is damaged ({why}){there}")
+    done = read_meta(checkpoint)["step"] + 1  # steps count from 0
+    if cfg.train.steps < done:
+        raise ConfigError(
+            f"--train.steps {cfg.train.steps} is below the {done} steps {checkpoint} already trained: "
+            f"pass --train.steps {done + 1} or more to continue the run"
+        )
+    if cfg.train.steps == done and (cfg.run_dir / "model").is_dir():
+        raise NothingToTrain(
+            f"nothing to train: {checkpoint} already trained {done} steps (--train.steps {done}); "
+            "pass a larger --train.steps to continue the run"
+        )
+    return checkpoint
+
+
+def _no_run(cfg: Config) -> None:
+    """``auto`` of a name with no run starts one, said in one line (else a mistyped name starts from
+    scratch unnoticed); ``must`` refuses, naming the runs there that have a checkpoint, closest first."""
+    out = Path(cfg.run.output_dir)
+    if cfg.run.resume == "auto":
+        if _main_rank():
+            logger.warning(
+                "no run %r in %s to resume: starting a new run (--run.resume must would refuse)",
+                cfg.run.name,
+                out,
+            )
+        return None
+    runs = [d.name for d in out.iterdir() if find_latest(d)] if out.is_dir() else []
+    shown = difflib.get_close_matches(cfg.run.name, runs, n=10, cutoff=0)
+    more = f" and {len(runs) - len(shown)} more" if len(runs) > len(shown) else ""
+    raise ConfigError(
+        f"--run.resume must: no run {cfg.run.name!r} in {out} (runs there: {', '.join(shown) or 'none'}{more})"
+    )
+
+
+def _newest_intact(newest_first: Iterable[Path]) -> tuple[Path | None, list[str]]:
+    """The first intact checkpoint of ``newest_first`` (None if none is), and what was wrong with
+    each one before it."""
+    damaged = []
+    for path in newest_first:
+        why = _damage(path)
+        if why is None:
+            return path, damaged
+        damaged.append(f"damaged checkpoint {path} ({why})")
+    return None, damaged
+
+
+def _damage(path: Path) -> str | None:
+    """:func:`damage` with each rank hashing its share of the files, as fast as the ranks' load would
+    read them; every rank gets the same answer, so all resume the same checkpoint."""
+    rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+    return next(filter(None, all_ranks(damage(path, rank, world))), None)
+
+
+def _main_rank() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def load_any_checkpoint(
@@ -128,7 +221,7 @@ def write_config(run_dir: Path, cfg: Config, saved_path: Path | None, note: str 
     if note:
         notes.append(note)
     text = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, resume=None)).to_yaml()
-    (run_dir / "config.yaml").write_text(text + "".join(f"{line}\n" for line in notes))
+    write_text_atomic(run_dir / "config.yaml", text + "".join(f"{line}\n" for line in notes))
 
 
 def resume_note(checkpoint: Path, step: int, changes: list[str]) -> str:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -33,6 +34,7 @@ from transformers import AutoModelForCausalLM
 
 from occ_fast.checkpointing.files import (
     EXTRA_FILE,
+    MANIFEST,
     SCHEDULER_FILE,
     CheckpointError,
     LoadedCheckpoint,
@@ -40,6 +42,7 @@ from occ_fast.checkpointing.files import (
     check_save_args,
     checkpoint_dir,
     load_torch,
+    manifest,
     open_staging,
     publish,
     read_meta,
@@ -69,6 +72,15 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def all_ranks(value: Any) -> list[Any]:
+    """Every rank's ``value``, in rank order (this process's alone without a process group)."""
+    if not dist.is_initialized():
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
 def _rng_file(rank: int) -> str:
     return f"rng_rank{rank}.pt"
 
@@ -81,9 +93,11 @@ def save_sharded_checkpoint(
     scheduler: Any | None = None,
     extra: Mapping[str, Any] | None = None,
     keep_last: int | None = 3,
+    health: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write model + optimizer shards (DCP), scheduler, ``extra`` (rank 0's) and each rank's RNG
-    for ``step``; rename into place on rank 0 after a barrier; prune all but ``keep_last``."""
+    for ``step``; rename into place on rank 0 after a barrier; prune all but ``keep_last`` (and, with
+    ``health`` recorded in ``meta.json``, the newest healthy checkpoint: :func:`publish`)."""
     extra = check_save_args(step, keep_last, extra)
     rank, main = _rank(), _rank() == 0
     final = checkpoint_dir(run_dir, step)
@@ -104,9 +118,11 @@ def save_sharded_checkpoint(
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     _barrier()  # every rank's shards and RNG are on disk
+    shares = all_ranks(manifest(tmp, rank, _world_size()))  # each rank hashes its share of the files
     if main:
-        meta = {"step": step, "format": FORMAT, "world_size": _world_size(), "files": files}
-        publish(tmp, final, meta, keep_last)
+        listed = {name: entry for share in shares for name, entry in share.items()}
+        meta = {"step": step, "format": FORMAT, "world_size": _world_size(), "files": files, MANIFEST: listed}
+        publish(tmp, final, meta if health is None else {**meta, "health": dict(health)}, keep_last)
     _barrier()  # nobody moves on (or reads it) before it is in place
     return final
 
@@ -141,7 +157,7 @@ def load_sharded_checkpoint(
         state["optim"] = get_optimizer_state_dict(model, optimizer)
     try:
         dcp.load(state, checkpoint_id=path / DCP_SUBDIR, no_dist=not dist.is_initialized())
-    except Exception as exc:
+    except (Exception, CheckpointException) as exc:  # DCP's own is a BaseException
         raise CheckpointError(f"cannot load sharded state from {path / DCP_SUBDIR}: {exc}") from exc
     set_model_state_dict(model, state["model"])
     if optimizer is not None:

@@ -3,9 +3,10 @@ stopped.
 
 Layout: ``run_dir/checkpoints/step_000000042/`` holding ``model.safetensors``, ``optimizer.pt``,
 ``scheduler.pt``, ``rng.pt`` (python, numpy, torch CPU and CUDA generators), ``extra.pt`` (sampler
-position, OCC state, anything else) and ``meta.json``. Everything is written into a hidden temporary
-directory that is renamed into place only when complete (:mod:`occ_fast.checkpointing.files`), so a
-crash mid-save leaves the previous checkpoints untouched and the half-written one invisible.
+position, OCC state, anything else) and ``meta.json`` (with every file's size and sha256). Everything
+is written into a hidden temporary directory that is renamed into place only when complete
+(:mod:`occ_fast.checkpointing.files`), so a crash mid-save leaves the previous checkpoints untouched
+and the half-written one invisible.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from safetensors.torch import load_model, save_model
 
 from occ_fast.checkpointing.files import (
     EXTRA_FILE,
+    MANIFEST,
     SCHEDULER_FILE,
     CheckpointError,
     LoadedCheckpoint,
@@ -28,6 +30,7 @@ from occ_fast.checkpointing.files import (
     checkpoint_dir,
     fsync_path,
     load_torch,
+    manifest,
     open_staging,
     publish,
     read_meta,
@@ -48,12 +51,15 @@ def save_checkpoint(
     scheduler: Any | None = None,
     extra: Mapping[str, Any] | None = None,
     keep_last: int | None = 3,
+    health: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write a checkpoint for ``step`` atomically and prune all but the newest ``keep_last``.
 
     ``model`` must be the unwrapped module (not DDP/FSDP). ``scheduler`` is anything with
     ``state_dict()``/``load_state_dict()``. ``extra`` may hold only dicts, lists, tuples, str, numbers,
-    None and tensors, so that loading never needs to unpickle arbitrary objects.
+    None and tensors, so that loading never needs to unpickle arbitrary objects. ``health``, the run's
+    judgement (:meth:`occ_fast.monitoring.health.PolicyHealth.record`), goes into ``meta.json``, and
+    pruning then keeps the newest healthy checkpoint too (:func:`occ_fast.checkpointing.files.publish`).
     """
     extra = check_save_args(step, keep_last, extra)
     final = checkpoint_dir(run_dir, step)
@@ -68,7 +74,8 @@ def save_checkpoint(
                 files.append(name)
         save_torch(tmp / RNG_FILE, capture_rng_state())
         save_torch(tmp / EXTRA_FILE, extra)
-        publish(tmp, final, {"step": step, "files": [*files, RNG_FILE, EXTRA_FILE]}, keep_last)
+        meta = {"step": step, "files": [*files, RNG_FILE, EXTRA_FILE], MANIFEST: manifest(tmp)}
+        publish(tmp, final, meta if health is None else {**meta, "health": dict(health)}, keep_last)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

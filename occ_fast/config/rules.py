@@ -107,8 +107,8 @@ def problems(cfg: Config) -> list[str]:
             "unset): the warm start teaches the synthetic task, not a file's problems",
         ),
         (
-            not (run.resume == "auto" and run.name is None),
-            "run.resume='auto' needs run.name (the run directory under run.output_dir to continue)",
+            not (run.resume in ("auto", "must") and run.name is None),
+            f"run.resume={run.resume!r} needs run.name (the run directory under run.output_dir to continue)",
         ),
         (
             not (cfg.eval.every > 0 and data.source == "file" and cfg.eval.path is None),

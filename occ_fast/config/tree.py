@@ -191,7 +191,7 @@ class DataConfig:
     on_error: Literal["raise", "skip"] = "raise"
     """A malformed row stops the load ('raise', naming file, row and field) or is skipped and counted ('skip')."""
     max_prompt_tokens: Annotated[int, Field(ge=1)] | None = None
-    """Prompts longer than this many tokens are dropped at load and counted; None = no limit."""
+    """Prompts longer than this many tokens are dropped at load and counted; None = only the model's own limit (max_position_embeddings - rollout.max_new_tokens), which always applies."""
     digits: Annotated[int, Field(ge=1, le=18)] = 2
     """Synthetic task: operand length in digits (the difficulty)."""
     ops: Annotated[tuple[Literal["+", "-", "*"], ...], Field(min_length=1)] = ("+",)
@@ -251,7 +251,19 @@ class OptimConfig:
     """Clip the global gradient norm to this value; None = no clipping."""
     max_nonfinite_updates: Annotated[int, Field(ge=0)] = 5
     """Stop the run after this many optimizer updates in a row with a non-finite gradient norm (each is
-    skipped, never applied), naming the last checkpoint saved before them; 0 = never stop."""
+    skipped, never applied), naming the last checkpoint saved while the run was healthy; 0 = never stop."""
+    max_update_ratio: Annotated[float, Field(gt=0)] = 1.0
+    """An RL step whose updates grow the weights' norm by more than this share of it (so the update is at
+    least that many times the weights' norm: a learning rate that blows up) leaves the run unhealthy;
+    its checkpoint never pushes out the last healthy one (see run.keep_last); inf = never."""
+    collapse_steps: Annotated[int, Field(ge=0)] = 5
+    """A collapsed policy: after a healthy step, reward/mean and the gradient norm both 0 for this many RL
+    steps in a row (the learning signal lost, e.g. to a learning rate that ruined the weights). Warned
+    once, naming the last healthy checkpoint, or a stop with optim.stop_on_collapse; 0 = never judged.
+    With an MTP cross-entropy term (mtp.regime ce/detach, mtp.head_ce_coef > 0) the gradient norm never
+    reaches 0, and only non-finite updates and optim.max_update_ratio judge the run."""
+    stop_on_collapse: bool = False
+    """Stop the run (exit status 1) when the policy collapses (optim.collapse_steps) instead of warning."""
     mini_batches: Annotated[int, Field(ge=1)] = 2
     """Optimizer steps per RL step: the step's prompts split into this many mini-batches (must divide data.prompts_per_step; >= 2 for mtp.regime occ)."""
     micro_batch_size: Annotated[int, Field(ge=1)] | None = None
@@ -290,7 +302,11 @@ class RunConfig:
     name: Annotated[str, AfterValidator(_plain_dir_name)] | None = None
     """Run directory name under output_dir; None = '<YYYYmmdd-HHMMSS>-<preset>' (fixed when the config is parsed)."""
     resume: Annotated[str, Field(min_length=1)] | None = None
-    """None = fresh run; 'auto' = latest checkpoint in output_dir/name if there is one; or a checkpoint directory.
+    """None = fresh run; 'auto' = latest checkpoint in output_dir/name, or a new run (said in one line) if it has
+    none; 'must' = the same, but no run there is an error naming the runs in output_dir; or a checkpoint directory.
+    Checkpoints are checked against the sizes and sha256 written at save: 'auto'/'must' name a damaged one and
+    resume the newest intact one; a damaged directory given by path is refused. train.steps below the
+    checkpoint's steps is refused; equal to them, there is nothing to train (exit 0).
     A resume compares the config with the run's config.yaml: changes to the model, the data, the seeds,
     optim.betas/eps/weight_decay (and mtp.regime, see allow_regime_change) are refused; the rest apply
     from the resumed step (a new optim.lr replaces the peak under the same schedule multiplier) and are
@@ -300,7 +316,10 @@ class RunConfig:
     save_every: Annotated[int, Field(ge=0)] = 50
     """Checkpoint every N RL steps (and at the end); 0 = only at the end."""
     keep_last: Annotated[int, Field(ge=1)] = 3
-    """Checkpoints kept on disk (older ones are pruned)."""
+    """Checkpoints kept on disk (older ones are pruned). Besides them, pruning keeps the newest checkpoint
+    known healthy: saved while the run was healthy (no non-finite update; optim.max_update_ratio,
+    optim.collapse_steps) and older than the newest, whose weights no step has sampled yet; so
+    keep_last 1 keeps two."""
     log_every: Annotated[int, Field(ge=1)] = 1
     """Print a progress line every N RL steps (metrics.jsonl gets every step)."""
     tensorboard: bool = False
@@ -373,9 +392,9 @@ class Config:
     def resolve(self, now: datetime | None = None) -> Config:
         """Fix the fields whose defaults depend on the moment: ``run.name`` (timestamp + preset).
 
-        Idempotent; ``resume='auto'`` keeps an unset name so that validation asks for one.
+        Idempotent; ``resume='auto'`` or ``'must'`` keeps an unset name so that validation asks for one.
         """
-        if self.run.name is not None or self.run.resume == "auto":
+        if self.run.name is not None or self.run.resume in ("auto", "must"):
             return self
         stamp = (now or datetime.now()).strftime("%Y%m%d-%H%M%S")
         name = f"{stamp}-{Path(self.preset).name.removesuffix(PRESET_SUFFIX) if self.preset else 'custom'}"

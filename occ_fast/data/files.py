@@ -3,13 +3,14 @@
 A row needs a prompt (a string, or a chat ``messages`` list of ``{role, content}``) and a
 ground-truth answer (string or number), possibly nested: field names are dotted paths such as
 ``reward_model.ground_truth``. A malformed row either stops the load with an error naming file,
-row and field, or is skipped and counted.
+row and field, or is skipped and counted; so is a prompt or answer with bytes that are not UTF-8.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,9 @@ import pyarrow.parquet as pq
 from occ_fast.data.records import Messages, PromptRecord
 
 OnError = Literal["raise", "skip"]
+
+# Bytes that are not UTF-8, as reading with errors="surrogateescape" keeps them: U+DC80..U+DCFF.
+_NOT_UTF8 = re.compile("[\udc80-\udcff]")
 
 
 class DatasetError(ValueError):
@@ -83,7 +87,9 @@ def _read_rows(path: Path) -> Iterator[tuple[int, dict[str, Any] | Exception]]:
     """(row number, row) pairs; a row that does not parse is yielded as its exception."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        with path.open(encoding="utf-8-sig") as f:  # a byte-order mark (Windows editors) is skipped
+        # A byte-order mark (Windows editors) is skipped; bytes that are not UTF-8 are kept, for the
+        # row's check to name its file, row and field.
+        with path.open(encoding="utf-8-sig", errors="surrogateescape") as f:
             for line_number, line in enumerate(f, start=1):
                 if not line.strip():
                     continue
@@ -145,6 +151,8 @@ def _check_prompt(prompt: Any, fail: Callable[[str], DatasetRowError]) -> str | 
     if isinstance(prompt, str):
         if not prompt.strip():
             raise fail("empty prompt")
+        if bad := _not_utf8(prompt):
+            raise fail(bad)
         return prompt
     if not isinstance(prompt, list) or not prompt:
         raise fail(f"expected a string or a non-empty list of chat messages, got {type(prompt).__name__}")
@@ -155,6 +163,8 @@ def _check_prompt(prompt: Any, fail: Callable[[str], DatasetRowError]) -> str | 
             and isinstance(message.get("content"), str)
         ):
             raise fail(f"message {i} must be an object with string 'role' and 'content', got {message!r:.80}")
+        if bad := _not_utf8(message["content"]):
+            raise fail(f"message {i}: {bad}")
     return [{"role": m["role"], "content": m["content"]} for m in prompt]
 
 
@@ -166,4 +176,14 @@ def _check_answer(answer: Any, fail: Callable[[str], DatasetRowError]) -> str:
     text = str(answer).strip()
     if not text:
         raise fail("empty answer")
+    if bad := _not_utf8(text):
+        raise fail(bad)
     return text
+
+
+def _not_utf8(text: str) -> str | None:
+    """Where ``text`` holds a byte that is not UTF-8 ("not UTF-8: byte 0xe9 at character 4"), else None."""
+    found = _NOT_UTF8.search(text)
+    if found is None:
+        return None
+    return f"not UTF-8: byte 0x{ord(found.group()) - 0xDC00:02x} at character {found.start() + 1}"

@@ -1,4 +1,5 @@
-"""``data.max_prompt_tokens``: prompts longer than the limit are dropped at load, and counted."""
+"""Prompts longer than the limit (``data.max_prompt_tokens``, the model's context) are dropped at
+load, and counted."""
 
 from __future__ import annotations
 

@@ -81,3 +81,9 @@ def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
     (under FSDP2 it comes back as a replicated DTensor, which the loop's metrics cannot stack)."""
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     return norm.full_tensor() if isinstance(norm, DTensor) else norm
+
+
+def weights_norm(model: torch.nn.Module) -> torch.Tensor:
+    """The global norm of ``model``'s parameters, a plain tensor under FSDP2 too (as :func:`clip_grad_norm`)."""
+    norm = torch.nn.utils.get_total_norm(model.parameters())
+    return norm.full_tensor() if isinstance(norm, DTensor) else norm

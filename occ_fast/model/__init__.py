@@ -2,7 +2,14 @@
 log-prob kernel, and loading/saving of MiMo- and DeepSeek-style checkpoints."""
 
 from .backends import apply_liger, choose_attn_implementation
-from .checkpoint import MTPCheckpointError, load_config, load_mtp_model, save_mtp_model
+from .checkpoint import (
+    ModelDirError,
+    MTPCheckpointError,
+    check_model_dir,
+    load_config,
+    load_mtp_model,
+    save_mtp_model,
+)
 from .layout import Layout, make_layout
 from .mtp import MTPLayer
 from .naming import Naming
@@ -16,9 +23,11 @@ __all__ = [
     "MTPForwardOutput",
     "MTPLayer",
     "MTPModel",
+    "ModelDirError",
     "Naming",
     "apply_liger",
     "build_head_rows",
+    "check_model_dir",
     "choose_attn_implementation",
     "head_logprobs",
     "load_config",

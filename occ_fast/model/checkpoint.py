@@ -17,6 +17,8 @@ import torch
 from safetensors import safe_open
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, Qwen2Config
 
+from occ_fast.tokenizer import TOKENIZER_FILES
+
 from . import naming as names
 from .backends import apply_liger, choose_attn_implementation
 from .mtp import MTPLayer
@@ -29,6 +31,34 @@ MTPInit = Literal["auto", "checkpoint", "fresh"]
 
 class MTPCheckpointError(ValueError):
     """A checkpoint's MTP weights are absent, missing a key, misshapen or unknown."""
+
+
+class ModelDirError(ValueError):
+    """A model path that cannot be used: not a local directory, or one without what a run reads."""
+
+
+def check_model_dir(path: str | Path) -> None:
+    """Raise :class:`ModelDirError`, naming ``path`` and everything it lacks, unless it is a local
+    directory with config.json, a tokenizer and safetensors weights: cheap, so that a Hub id or a
+    data directory is one line before anything heavy starts. Only safetensors are read: a pickled
+    ``pytorch_model.bin`` could run code when loaded, so it is never opened."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelDirError(
+            f"model directory {path} does not exist (models are read from a local directory, never "
+            "downloaded: download it first, then pass that directory as --model.name-or-path)"
+        )
+    missing = []
+    if not (path / "config.json").is_file():
+        missing.append("config.json")
+    if not any((path / name).is_file() for name in TOKENIZER_FILES):
+        missing.append(f"tokenizer ({', '.join(TOKENIZER_FILES[:-1])} or {TOKENIZER_FILES[-1]})")
+    if not any(path.glob("*.safetensors")) and not (path / "model.safetensors.index.json").is_file():
+        pickles = ", ".join(sorted(p.name for p in path.glob("*.bin")))
+        why = f" ({pickles}: pickled, never loaded, as unpickling can run code; convert to safetensors)"
+        missing.append("*.safetensors weights" + (why if pickles else ""))
+    if missing:
+        raise ModelDirError(f"model directory {path} has no {', no '.join(missing)}")
 
 
 def load_mtp_model(

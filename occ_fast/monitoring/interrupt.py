@@ -21,6 +21,8 @@ from types import FrameType
 import torch
 import torch.distributed as dist
 
+from occ_fast.monitoring.early_interrupt import START_UP_STOP
+
 REPEAT_GRACE_S = 1.0
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -64,10 +66,7 @@ class GracefulStop:
         if self.signum is None:
             self.signum, self._first_at = signum, now
             if not self.deferred:
-                raise Interrupted(
-                    signum,
-                    f"interrupted ({name}) during start-up: no step was trained; rerun the same command to start",
-                )
+                raise Interrupted(signum, START_UP_STOP.format(name=name))
             _say(
                 f"{name} received: finishing this step, then saving a checkpoint (again: exit at once, unsaved)"
             )

@@ -1,14 +1,18 @@
 """Run metrics: ``metrics.jsonl`` always, TensorBoard and W&B when asked, PNG plots on demand.
 
 ``metrics.jsonl`` (one ``{"step": s, ...}`` object per line, strict JSON with non-finite values as
-``null``, flushed as written) is the source of
+``null``, each line one unbuffered write) is the source of
 truth: plots are redrawn from it, and a resumed run truncates it to the checkpoint's step so that
 steps replayed after the resume are not logged twice.
+
+A full disk: a metrics write raises :class:`MetricsWriteError` naming the file (the run stops at a
+checkpoint); a plot that cannot be written is only a warning, given once.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -20,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from occ_fast.monitoring.output import describe
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -27,6 +33,12 @@ METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_SUBDIR = "tensorboard"
 PLOTS_SUBDIR = "plots"
 WANDB_ID_FILE = "wandb_run_id"
+
+logger = logging.getLogger(__name__)
+
+
+class MetricsWriteError(RuntimeError):
+    """A step's metrics could not be written (a full disk); the message names the file."""
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
@@ -195,7 +207,10 @@ class MetricsLogger:
             raise FileExistsError(
                 f"{self.path} already holds metrics: pass resume_step to continue that run, or use a new run_dir"
             )
-        self._file = open(self.path, "a")  # noqa: SIM115 - lives as long as the logger
+        # Unbuffered: a line is on disk once log returns, and a failed write leaves nothing queued
+        # for a later flush to fail on again.
+        self._file = open(self.path, "ab", buffering=0)  # noqa: SIM115 - lives as long as the logger
+        self._plot_failed = False
         self._tensorboard = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -213,19 +228,39 @@ class MetricsLogger:
         values = {key: _scalar(key, value) for key, value in metrics.items()}
         if "step" in values:
             raise ValueError("MetricsLogger.log: 'step' is reserved; pass it as the step argument")
-        self._file.write(json.dumps({"step": step, **_json_safe(values)}, allow_nan=False) + "\n")
-        self._file.flush()
+        line = (json.dumps({"step": step, **_json_safe(values)}, allow_nan=False) + "\n").encode()
+        try:
+            written = self._file.write(line)
+        except OSError as e:
+            raise MetricsWriteError(f"{describe(e)} writing {self.path}") from e
+        if written != len(line):  # a short write: the disk filled up mid-line
+            raise MetricsWriteError(f"no space left on device writing {self.path}")
         self._last_step = step
         if self._tensorboard is not None:
-            for key, value in values.items():
-                self._tensorboard.add_scalar(key, value, step)
-            self._tensorboard.flush()
+            try:
+                for key, value in values.items():
+                    self._tensorboard.add_scalar(key, value, step)
+                self._tensorboard.flush()
+            except OSError as e:
+                where = self.run_dir / TENSORBOARD_SUBDIR
+                raise MetricsWriteError(f"{describe(e)} writing TensorBoard events under {where}") from e
         if self._wandb is not None:
             self._wandb.log(values, step=step)
 
     def plot(self, plots: Mapping[str, Sequence[Panel]]) -> list[Path]:
-        """Redraw the PNGs under ``run_dir/plots`` from everything logged so far."""
-        return plot_metrics(self.path, self.run_dir / PLOTS_SUBDIR, plots)
+        """Redraw the PNGs under ``run_dir/plots`` from everything logged so far. A plot is not worth
+        a run: one that cannot be written (a full disk) gets a warning, the first time only."""
+        try:
+            return plot_metrics(self.path, self.run_dir / PLOTS_SUBDIR, plots)
+        except OSError as e:
+            if not self._plot_failed:
+                logger.warning(
+                    "%s writing plots under %s: training goes on, plots may be missing or stale "
+                    "(this warning is not repeated)",
+                    describe(e), self.run_dir / PLOTS_SUBDIR,
+                )  # fmt: skip
+                self._plot_failed = True
+            return []
 
     def close(self) -> None:
         self._file.close()

@@ -1,5 +1,6 @@
 """Writing the run directory: problems found before any work (a path that is a file, no permission)
-and while checkpointing (a full disk) become one line naming the path, never a traceback."""
+and while writing ``config.yaml``, metrics or a checkpoint (a full disk) become one line naming the
+path, never a traceback."""
 
 from __future__ import annotations
 
@@ -31,6 +32,23 @@ def ensure_writable(run_dir: Path) -> None:
         ) from None
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``path`` through a temporary file renamed into place, so that a failure (a full disk)
+    leaves the old file or none, never an empty or torn one; raise :class:`OutputError`."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(f"{describe(e)} writing {path}") from None
+
+
+def describe(exc: OSError) -> str:
+    """What went wrong, in the words of the messages: 'no space left on device', else the OS's."""
+    return "no space left on device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+
+
 def checkpoint_write_error(
     exc: BaseException, target: Path, last_good: Path | None
 ) -> CheckpointWriteError | None:
@@ -39,7 +57,7 @@ def checkpoint_write_error(
     cause = _os_error(exc)
     if cause is None:
         return None
-    what = "no space left on device" if cause.errno == errno.ENOSPC else (cause.strerror or str(cause))
+    what = describe(cause)
     good = (
         f"the last good one is {last_good}" if last_good is not None else "no checkpoint was saved before it"
     )

@@ -61,7 +61,12 @@ class WorkerPool:
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "occ_fast.rewards.worker", str(to_child_r), str(from_child_w)],
+            [
+                sys.executable,
+                "-m",
+                "occ_fast.rewards.worker",
+                *map(str, (to_child_r, from_child_w, os.getpid())),
+            ],
             pass_fds=(to_child_r, from_child_w),
             stdin=subprocess.DEVNULL,
             env=_child_env(),

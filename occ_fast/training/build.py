@@ -14,11 +14,13 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase,
 from occ_fast.config import Config, ConfigError
 from occ_fast.data import ArithmeticTask, DatasetError, PromptRecord, load_prompt_file
 from occ_fast.data.length import drop_long_prompts
-from occ_fast.model import MTPModel, load_mtp_model
+from occ_fast.model import MTPModel, check_model_dir, load_config, load_mtp_model
 from occ_fast.prompts import encode_prompt
 from occ_fast.tokenizer import load_tokenizer, train_bpe_tokenizer
 
 logger = logging.getLogger(__name__)
+
+TINY_CONTEXT = 4096  # max_position_embeddings of the tiny model
 
 
 def resolve_device(cfg: Config) -> torch.device:
@@ -44,6 +46,13 @@ def synthetic_task(cfg: Config) -> ArithmeticTask:
         eval_fraction=cfg.data.eval_fraction,
         solution=cfg.data.solution,
     )
+
+
+def check_model(cfg: Config) -> None:
+    """``model.name_or_path``: a Hub id, a data directory or pickled weights end here in one line
+    (:class:`~occ_fast.model.ModelDirError`), before anything heavy starts."""
+    if cfg.model.name_or_path:
+        check_model_dir(cfg.model.name_or_path)
 
 
 def build_tokenizer(cfg: Config) -> PreTrainedTokenizerBase:
@@ -97,7 +106,7 @@ def _build_mtp_model(
         num_hidden_layers=tiny.num_layers,
         num_attention_heads=tiny.num_heads,
         num_key_value_heads=tiny.num_kv_heads,
-        max_position_embeddings=4096,
+        max_position_embeddings=TINY_CONTEXT,
         tie_word_embeddings=False,
         pad_token_id=tokenizer.pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
@@ -129,21 +138,35 @@ def train_records(cfg: Config) -> list[PromptRecord]:
 def limit_prompt_length(
     cfg: Config, records: list[PromptRecord], tokenizer: PreTrainedTokenizerBase, *, warn: bool = True
 ) -> list[PromptRecord]:
-    """``data.max_prompt_tokens``: drop the longer training prompts, with one warning (when ``warn``:
-    rank 0 of a data-parallel run) that counts them."""
-    limit = cfg.data.max_prompt_tokens
-    if limit is None:
+    """Drop the training prompts longer than ``data.max_prompt_tokens`` or than the model's context
+    leaves room for (``max_position_embeddings`` less ``rollout.max_new_tokens``: a longer prompt
+    runs past the positions the model was trained on, and so slowly that the run looks hung), with
+    one warning (when ``warn``: rank 0 of a data-parallel run) that counts them. A limit that drops
+    every prompt is a :class:`ConfigError` naming its numbers."""
+    limits = []  # (tokens, how the messages name the limit, what to do when it drops every prompt)
+    if (most := cfg.data.max_prompt_tokens) is not None:
+        limits.append((most, f"data.max_prompt_tokens={most}", "raise the limit"))
+    context = (
+        getattr(load_config(cfg.model.name_or_path), "max_position_embeddings", None)
+        if cfg.model.name_or_path
+        else TINY_CONTEXT
+    )
+    if context is not None:
+        new, room = cfg.rollout.max_new_tokens, context - cfg.rollout.max_new_tokens
+        name = f"max_position_embeddings {context} - rollout.max_new_tokens {new} = {room} prompt tokens"
+        limits.append((room, name, "lower rollout.max_new_tokens"))
+    if not limits:
         return records
+    limit, name, fix = min(limits, key=lambda item: item[0])
     filtered = drop_long_prompts(records, lambda r: encode_prompt(tokenizer, r), limit)
     if not filtered.records:
         raise ConfigError(
-            f"data.max_prompt_tokens={limit} drops all {len(records)} prompts (the longest has "
-            f"{filtered.longest} tokens): raise the limit"
+            f"{name} drops all {len(records)} prompts (the longest has {filtered.longest} tokens): {fix}"
         )
     if filtered.num_dropped and warn:
         logger.warning(
-            "data.max_prompt_tokens=%d: dropped %d of %d prompts (the longest had %d tokens)",
-            limit, filtered.num_dropped, len(records), filtered.longest,
+            "%s: dropped %d of %d prompts (the longest had %d tokens)",
+            name, filtered.num_dropped, len(records), filtered.longest,
         )  # fmt: skip
     return filtered.records
 

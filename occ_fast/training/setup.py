@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -27,7 +28,7 @@ from occ_fast.data import PromptRecord, PromptSampler
 from occ_fast.distributed.fsdp import shard_model
 from occ_fast.distributed.process_group import DistInfo, barrier, init_distributed
 from occ_fast.model import MTPModel
-from occ_fast.monitoring.health import NonFiniteGuard, RewardHealth
+from occ_fast.monitoring.health import NonFiniteGuard, PolicyHealth, RewardHealth
 from occ_fast.monitoring.metrics import MetricsLogger, read_metrics
 from occ_fast.monitoring.output import ensure_writable
 from occ_fast.monitoring.progress import progress_bars
@@ -37,6 +38,7 @@ from occ_fast.rollout import RolloutEngine
 from occ_fast.training.build import (
     build_model,
     build_tokenizer,
+    check_model,
     limit_prompt_length,
     model_dtype,
     resolve_device,
@@ -72,6 +74,7 @@ class Run:
     start_step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     nonfinite: NonFiniteGuard = field(default_factory=lambda: NonFiniteGuard(limit=0))
+    health: PolicyHealth = field(default_factory=lambda: PolicyHealth(0, math.inf, False))
     reward_health: RewardHealth = field(default_factory=lambda: RewardHealth("", 1.0, 1))
 
 
@@ -94,6 +97,7 @@ def setup(cfg: Config, console: Console) -> Run:
     barrier()  # every rank has looked at the run directory before rank 0 writes into it
     records = train_records(cfg)  # bad data fails here, before the model is built
     check_answers(cfg.reward.fn, records)
+    check_model(cfg)  # a Hub id, a data directory: one line, before the heavy work
     if info.is_main:
         ensure_writable(run_dir)
     scorer = RewardScorer(cfg.reward.fn, num_workers=cfg.reward.num_workers, timeout_s=cfg.reward.timeout_s)
@@ -167,6 +171,7 @@ def setup(cfg: Config, console: Console) -> Run:
         start_step=start_step,
         history=history,  # a resumed run's summary covers the whole run
         nonfinite=NonFiniteGuard(limit=cfg.optim.max_nonfinite_updates),
+        health=PolicyHealth.for_run(cfg.optim, checkpoint),  # a resumed run goes on judging as before
         reward_health=RewardHealth(cfg.reward.fn, cfg.reward.max_error_rate, cfg.reward.error_patience),
     )
 

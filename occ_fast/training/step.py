@@ -11,6 +11,7 @@ from occ_fast.algorithm import grpo_advantages
 from occ_fast.algorithm.rollout_mismatch import MISMATCH_MAXIMA, MISMATCH_MINIMA
 from occ_fast.distributed.collectives import gather_metrics
 from occ_fast.distributed.data_parallel import global_positions
+from occ_fast.distributed.fsdp import weights_norm
 from occ_fast.monitoring.diagnostics import exact_gradient_stats
 from occ_fast.policy.batching import Sample
 from occ_fast.rollout import RolloutEngine
@@ -76,8 +77,10 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
     ]
     timings["time/old_logprobs_s"] = time.perf_counter() - t1
 
-    # 6. Policy updates: one optimizer step per mini-batch.
+    # 6. Policy updates: one optimizer step per mini-batch. How much they grew the weights' norm
+    # bounds the update's size from below: the run's health judges it (optim.max_update_ratio).
     t2 = time.perf_counter()
+    norm_before = weights_norm(run.model)
     update, exact = UpdateStats(cfg.algorithm.mismatch_threshold), {}
     task = run.progress.add_task(f"step {step}: updates", total=sum(len(micros) for _, micros in minis))
     for i, ((mini_samples, micros), olds) in enumerate(zip(minis, old_logprobs)):
@@ -99,6 +102,7 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
             run, mini_samples, micros, olds, update, on_micro=lambda: run.progress.advance(task)
         )
     run.progress.remove_task(task)
+    update_ratio = (weights_norm(run.model) - norm_before) / norm_before
     run.nonfinite.observe(step, update.finite)
     run.scheduler.step()
     timings["time/update_s"] = time.perf_counter() - t2 - exact.get("exact/time_s", 0.0)
@@ -115,6 +119,7 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
             "reward/zero_std_groups": advantages.num_zero_std,
             "response/length_mean": sum(len(s.response_ids) for s in samples) / len(samples),
             "optim/lr": run.scheduler.get_last_lr()[0],
+            "optim/update_ratio": float(update_ratio),
             **update.summary(),
             **exact,
             **timings,
