@@ -120,3 +120,20 @@ def kill_job(agent: subprocess.Popen) -> None:
             os.kill(rank_pid(agent, rank), signal.SIGKILL)
     os.killpg(agent.pid, signal.SIGKILL)
     agent.wait(timeout=SUBPROCESS_TIMEOUT_S)
+
+
+def test_a_full_disk_while_taking_the_lock_is_one_error_naming_the_lock_file(tmp_path, monkeypatch):
+    """The lock's record is the first thing a run writes: a full disk there is the same one-line
+    output error as any other write into the run directory, not an OSError traceback."""
+    import errno
+
+    from occ_fast.checkpointing import run_lock
+    from occ_fast.monitoring.output import OutputError
+
+    def full(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(run_lock.os, "pwrite", full)
+    refused = pytest.raises(OutputError, match=r"no space left on device writing .*/run/\.lock")
+    with refused, run_lock.hold_run_dir(tmp_path / "run"):
+        pytest.fail("the run must not start without its lock")

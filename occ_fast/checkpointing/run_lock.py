@@ -27,7 +27,7 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from occ_fast.monitoring.output import OutputError, ensure_writable
+from occ_fast.monitoring.output import OutputError, describe, ensure_writable
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,10 @@ def hold_run_dir(run_dir: Path) -> Iterator[None]:
         yield
         return
     ensure_writable(run_dir)  # a path that is a file, or no permission: one line naming it
-    fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(run_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:
+        raise OutputError(f"{describe(err)} writing {run_dir / LOCK_FILE}") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -62,7 +65,10 @@ def hold_run_dir(run_dir: Path) -> Iterator[None]:
                 run_dir,
                 _describe(stale),
             )
-        _write(fd, json.dumps(_holder()).encode())
+        try:
+            _write(fd, json.dumps(_holder()).encode())
+        except OSError as err:  # the first write into the run directory: a full disk shows here
+            raise OutputError(f"{describe(err)} writing {run_dir / LOCK_FILE}") from None
         try:
             yield
         finally:  # any end this process lives through, errors and signals included
