@@ -120,3 +120,35 @@ def test_bytes_that_are_not_utf8_name_file_row_and_field(tmp_path, capsys):
     err = " ".join(capsys.readouterr().err.split())
     assert f"{path}, row 2, field 'prompt': not UTF-8: byte 0xe9 at character 4" in err, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "field"),
+    [
+        (["--data.digits", "1"], "data.train_problems "),
+        (["--data.digits", "1", "--data.train-problems", "40", "--eval.every", "1"], "eval.num_problems "),
+    ],
+)
+def test_a_synthetic_task_too_small_for_the_problems_asked_is_one_line_naming_the_field(
+    tmp_path, capsys, flags, field
+):
+    """One-digit addition has a few dozen distinct problems a split: asking for more is bad input."""
+    assert main(fast_args(tmp_path, "r", *flags)) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    line = next(line for line in err.splitlines() if "cannot draw" in line)
+    assert field in line and "digits=1" in line, err
+
+
+def test_a_small_synthetic_task_trains_when_the_problems_fit(tmp_path):
+    flags = [
+        "--data.digits",
+        "1",
+        "--data.train-problems",
+        "40",
+        "--eval.num-problems",
+        "5",
+        "--train.steps",
+        "1",
+    ]
+    assert main(fast_args(tmp_path, "r", *flags)) == 0

@@ -55,13 +55,22 @@ def check_model(cfg: Config) -> None:
         check_model_dir(cfg.model.name_or_path)
 
 
+def synthetic_records(cfg: Config, split: str, n: int, field: str) -> list[PromptRecord]:
+    """``n`` problems of the synthetic task's ``split``; a task with fewer (``data.digits 1``) is bad
+    input named by the field that asked for them, not a traceback."""
+    try:
+        return synthetic_task(cfg).sample(split, n, seed=cfg.data.seed)
+    except ValueError as err:
+        raise DatasetError(f"{field} {n}: {err}") from None
+
+
 def build_tokenizer(cfg: Config) -> PreTrainedTokenizerBase:
     if cfg.model.name_or_path:
         return load_tokenizer(cfg.model.name_or_path)
-    corpus = [
-        f"{r.prompt} {r.reference_completion}"
-        for r in synthetic_task(cfg).sample("train", 512, seed=cfg.data.seed)
-    ]
+    # The first 512 training problems (the draw is sequential: the same for any larger n) are enough
+    # for the digit-level BPE.
+    samples = synthetic_records(cfg, "train", cfg.data.train_problems, "data.train_problems")[:512]
+    corpus = [f"{r.prompt} {r.reference_completion}" for r in samples]
     return train_bpe_tokenizer(corpus, vocab_size=cfg.model.tiny.vocab_size, split_digits=True)
 
 
@@ -120,7 +129,7 @@ def _build_mtp_model(
 
 def train_records(cfg: Config) -> list[PromptRecord]:
     if cfg.data.source == "synthetic":
-        return synthetic_task(cfg).sample("train", cfg.data.train_problems, seed=cfg.data.seed)
+        return synthetic_records(cfg, "train", cfg.data.train_problems, "data.train_problems")
     try:
         dataset = load_prompt_file(
             cfg.data.path,
@@ -178,4 +187,4 @@ def eval_records(cfg: Config) -> list[PromptRecord]:
             cfg.eval.path, prompt_field=cfg.data.prompt_field, answer_field=cfg.data.answer_field
         )
         return list(dataset.records)[: cfg.eval.num_problems]
-    return synthetic_task(cfg).sample("eval", cfg.eval.num_problems, seed=cfg.data.seed)
+    return synthetic_records(cfg, "eval", cfg.eval.num_problems, "eval.num_problems")

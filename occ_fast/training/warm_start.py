@@ -20,7 +20,7 @@ from occ_fast.model import MTPModel
 from occ_fast.policy.batching import Sample, make_micro_batches
 from occ_fast.policy.forward import policy_logprobs
 from occ_fast.prompts import encode_prompt
-from occ_fast.training.build import synthetic_task
+from occ_fast.training.build import synthetic_records
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def sft_warm_start(
         loss = warm_start(
             model,
             tokenizer,
-            synthetic_task(cfg).sample("train", cfg.data.train_problems, seed=cfg.data.seed),
+            synthetic_records(cfg, "train", cfg.data.train_problems, "data.train_problems"),
             steps=cfg.train.warmup_sft_steps,
             lr=cfg.train.sft_lr,
             batch_size=cfg.train.sft_batch_size,
