@@ -421,8 +421,19 @@ def results_table(results: dict[str, Any]) -> Table:
     """One row per benchmark and their unweighted average (the paper's headline number)."""
     k = results["config"]["k"]
     table = Table(title=f"{results['model']}  (k={k}, temperature={results['config']['temperature']})")
-    for column in ("benchmark", "problems", "k", f"avg@{k}", f"pass@{k}", "truncated", "time-outs", "errors"):
-        table.add_column(column, justify="left" if column == "benchmark" else "right", no_wrap=True)
+    # At 80 columns (a pipe, a narrow terminal) the names fold and every figure stays whole.
+    table.add_column("benchmark", overflow="fold", min_width=len("average"))
+    widths = {
+        "problems": 8,
+        "k": 2,
+        f"avg@{k}": 6,
+        f"pass@{k}": 6,
+        "truncated": 9,
+        "time-outs": 9,
+        "errors": 6,
+    }
+    for column, width in widths.items():
+        table.add_column(column, justify="right", no_wrap=True, min_width=max(len(column), width))
     for name, m in results["benchmarks"].items():
         samples = m["num_problems"] * m["k"]
         table.add_row(

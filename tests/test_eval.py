@@ -258,3 +258,33 @@ def test_help_exits_zero():
     assert done.returncode == 0, done.stderr
     for flag in ("--model", "--benchmarks", "--answer-field", "--k", "--temperature", "--engine"):
         assert flag in done.stdout
+
+
+def test_the_results_table_keeps_every_figure_whole_in_an_80_column_terminal():
+    """A piped run prints at 80 columns: long benchmark names fold, figures are never cut."""
+    from rich.console import Console
+
+    from occ_fast.eval import results_table
+
+    metrics = {
+        "num_problems": 32,
+        "k": 4,
+        "avg_at_k": 0.34375,
+        "pass_at_k": 0.71875,
+        "num_truncated": 1,
+        "num_timeouts": 0,
+        "num_errors": 0,
+    }
+    results = {
+        "model": "runs/20261205-201150-tiny/model",
+        "config": {"k": 4, "temperature": 1.0},
+        "benchmarks": {"addition_heldout_with_a_long_name": metrics},
+        "average": {"avg_at_k": 0.34375, "pass_at_k": 0.71875, "num_benchmarks": 1},
+    }
+    console = Console(width=80, record=True, file=open("/dev/null", "w"))  # noqa: SIM115
+    console.print(results_table(results))
+    text = console.export_text()
+    assert "…" not in text, text
+    for figure in ("0.3438", "0.7188", "1/128", "avg@4", "pass@4", "time-outs", "errors"):
+        assert figure in text, text
+    assert max(len(line) for line in text.splitlines()) <= 80
