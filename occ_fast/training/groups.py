@@ -13,8 +13,9 @@ import torch
 
 from occ_fast.algorithm import overlong_penalty, zero_variance_groups
 from occ_fast.data import PromptRecord
-from occ_fast.distributed.collectives import all_gather_ints
+from occ_fast.distributed.collectives import all_gather_ints, global_sum
 from occ_fast.distributed.data_parallel import shard_prompts
+from occ_fast.monitoring.health import TrainingHalted, last_good
 from occ_fast.prompts import encode_prompt
 from occ_fast.rollout import RolloutResult, SamplingParams
 from occ_fast.training.setup import Run
@@ -70,6 +71,7 @@ def collect_groups(run: Run, step: int) -> tuple[list[Group], dict[str, float]]:
                 )  # fmt: skip
                 kept += [g for g, z in zip(groups, zero) if z][: quota - len(kept)]
             break
+    check_rollout_logprobs(run, stats, step)
     kept.sort(key=lambda g: g.draw)
     all_rewards = [r for g in kept for r in g.rewards]
     return kept, {
@@ -81,7 +83,23 @@ def collect_groups(run: Run, step: int) -> tuple[list[Group], dict[str, float]]:
         "rollout/empty_completions": stats["empty"],
         "rollout/truncated": stats["truncated"],
         "rollout/rounds": rounds,
+        "rollout/nonfinite_logprobs": stats["nonfinite_logprobs"],
     }
+
+
+def check_rollout_logprobs(run: Run, stats: dict[str, float], step: int) -> None:
+    """Stop at a step whose rollout log-probs hold a NaN or an infinity, on every rank at once (the
+    count is summed over ranks): trained on, they make the importance weights and the mismatch
+    metrics null without a word. Ruined weights show here first (their samples are NaN before any
+    update is), so the stop names the last checkpoint saved while the run was healthy."""
+    bad, total = (int(global_sum(stats[key]).item()) for key in ("nonfinite_logprobs", "logprobs"))
+    if bad:
+        before = step if run.health.suspect_from is None else min(step, run.health.suspect_from)
+        raise TrainingHalted(
+            f"stopping at step {step}: {bad} of {total} rollout log-probs are NaN or infinite (the "
+            "policy's weights or the engine's sampling are broken), and nothing of this step was "
+            f"trained on; {last_good(run.cfg.run_dir, before)}"
+        )
 
 
 def rollout_and_score(
@@ -123,4 +141,6 @@ def rollout_and_score(
         "scored": len(texts),
         "empty": sum(not r.content_ids for r in results),
         "truncated": sum(r.finish_reason == "length" for r in results),
+        "logprobs": sum(r.logprobs.numel() for r in results),
+        "nonfinite_logprobs": sum(int((~torch.isfinite(r.logprobs)).sum()) for r in results),
     }
