@@ -32,7 +32,12 @@ from occ_fast.checkpointing.files import (
     read_meta,
     step_dirs,
 )
-from occ_fast.checkpointing.sharded import all_ranks, is_sharded_checkpoint, load_sharded_checkpoint
+from occ_fast.checkpointing.sharded import (
+    all_ranks,
+    is_sharded_checkpoint,
+    load_sharded_checkpoint,
+    process_rank,
+)
 from occ_fast.checkpointing.single_process import load_checkpoint
 from occ_fast.config import Config, ConfigError
 from occ_fast.model import MTPModel
@@ -93,7 +98,7 @@ def resolve_resume(cfg: Config) -> Path | None:
             raise CheckpointError(
                 f"no intact checkpoint to resume: {'; '.join(damaged)}; start again under a new --run.name"
             )
-        if damaged and _main_rank():
+        if damaged and process_rank() == 0:
             logger.warning("%s: resuming from the newest intact one, %s", "; ".join(damaged), checkpoint)
     else:
         checkpoint = Path(cfg.run.resume)
@@ -124,7 +129,7 @@ def _no_run(cfg: Config) -> None:
     scratch unnoticed); ``must`` refuses, naming the runs there that have a checkpoint, closest first."""
     out = Path(cfg.run.output_dir)
     if cfg.run.resume == "auto":
-        if _main_rank():
+        if process_rank() == 0:
             logger.warning(
                 "no run %r in %s to resume: starting a new run (--run.resume must would refuse)",
                 cfg.run.name,
@@ -156,10 +161,6 @@ def _damage(path: Path) -> str | None:
     read them; every rank gets the same answer, so all resume the same checkpoint."""
     rank, world = (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
     return next(filter(None, all_ranks(damage(path, rank, world))), None)
-
-
-def _main_rank() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def load_any_checkpoint(

@@ -59,7 +59,8 @@ FORMAT = "dcp"
 DCP_SUBDIR = "dcp"
 
 
-def _rank() -> int:
+def process_rank() -> int:
+    """This process's rank (0 without a process group)."""
     return dist.get_rank() if dist.is_initialized() else 0
 
 
@@ -99,7 +100,7 @@ def save_sharded_checkpoint(
     for ``step``; rename into place on rank 0 after a barrier; prune all but ``keep_last`` (and, with
     ``health`` recorded in ``meta.json``, the newest healthy checkpoint: :func:`publish`)."""
     extra = check_save_args(step, keep_last, extra)
-    rank, main = _rank(), _rank() == 0
+    rank, main = process_rank(), process_rank() == 0
     final = checkpoint_dir(run_dir, step)
     tmp = open_staging(final) if main else staging_dir(final)
     _barrier()  # the temporary directory exists before anyone writes into it
@@ -170,8 +171,8 @@ def load_sharded_checkpoint(
         scheduler.load_state_dict(load_torch(path / SCHEDULER_FILE))
     if restore_rng:
         if meta["world_size"] == _world_size():
-            restore_rng_state(load_torch(path / _rng_file(_rank())))
-        elif _rank() == 0:
+            restore_rng_state(load_torch(path / _rng_file(process_rank())))
+        elif process_rank() == 0:
             logger.warning(
                 "RNG state not restored: saved on %d rank(s), resumed on %d",
                 meta["world_size"],
@@ -185,7 +186,7 @@ def export_hf(model: MTPModel, path: str | Path, tokenizer=None) -> None:
     plain model: full weights are gathered to rank 0's CPU, put into an unsharded copy built on the
     meta device (no second initialisation), and saved by rank 0."""
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    if _rank() == 0:
+    if process_rank() == 0:
         with torch.device("meta"):
             base = AutoModelForCausalLM.from_config(model.base.config)
             layers = [new_mtp_layer(base) for _ in range(model.num_mtp)]

@@ -92,7 +92,7 @@ def check_rollout_logprobs(run: Run, stats: dict[str, float], step: int) -> None
     count is summed over ranks): trained on, they make the importance weights and the mismatch
     metrics null without a word. Ruined weights show here first (their samples are NaN before any
     update is), so the stop names the last checkpoint saved while the run was healthy."""
-    bad, total = (int(global_sum(stats[key]).item()) for key in ("nonfinite_logprobs", "logprobs"))
+    bad, total = global_sum(torch.tensor([stats["nonfinite_logprobs"], stats["logprobs"]])).long().tolist()
     if bad:
         before = step if run.health.suspect_from is None else min(step, run.health.suspect_from)
         raise TrainingHalted(
