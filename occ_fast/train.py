@@ -130,8 +130,7 @@ def run_loop(run: Run, stop: GracefulStop) -> None:
             metrics = rl_step(run, step)
             if cfg.eval.every and ((step + 1) % cfg.eval.every == 0 or step + 1 == cfg.train.steps):
                 metrics.update(run_eval(run, step))
-            if run.metrics is not None:
-                log_metrics(run, step, metrics)
+            write_error = log_metrics(run, step, metrics) if run.metrics is not None else None
             run.history.append(metrics)
             if main_rank and (
                 (cfg.run.log_every and step % cfg.run.log_every == 0) or step + 1 == cfg.train.steps
@@ -148,27 +147,34 @@ def run_loop(run: Run, stop: GracefulStop) -> None:
             if run.metrics is not None and cfg.run.plot_every and (step + 1) % cfg.run.plot_every == 0:
                 run.metrics.plot(PLOTS)
             run.progress.advance(steps)
-            signum = stop.agreed(run.device)
+            signum, halted = stop.agreed(run.device, halted=write_error is not None)
+            if halted:
+                halt_after(run, step, write_error, saved=saved)
             if signum is not None and step + 1 < cfg.train.steps:  # after the last step: finish the run
                 stop_after(run, step, signum, saved=saved)
 
 
-def log_metrics(run: Run, step: int, metrics: dict[str, float]) -> None:
-    """Write ``step``'s metrics (rank 0). When they cannot be written (a full disk), stop at a
-    checkpoint of the step, named in one line with the command that resumes (exit 1)."""
+def log_metrics(run: Run, step: int, metrics: dict[str, float]) -> MetricsWriteError | None:
+    """Write ``step``'s metrics (rank 0); the error when they cannot be written (a full disk). The
+    run stops on it only after every rank has heard of it (:func:`halt_after`)."""
     try:
         run.metrics.log(step, metrics)
     except MetricsWriteError as err:
-        if not run.sharded:  # under torchrun the other ranks cannot join a save now: name the last one
-            save(run, step)
-        checkpoint = find_latest(run.cfg.run_dir)
-        command = resume_command(run.cfg.run_dir / "config.yaml", run.dist.world_size)
-        where = (
-            f"stopped at checkpoint {checkpoint}; resume with: {command}"
-            if checkpoint
-            else "stopped before any checkpoint was saved"
-        )
-        raise TrainingHalted(f"{err} at step {step}: {where}") from err
+        return err
+    return None
+
+
+def halt_after(run: Run, step: int, error: MetricsWriteError | None, *, saved: bool) -> None:
+    """Stop every rank at a checkpoint of ``step`` (all of them write it) because one rank could not
+    write its output: that rank names the fault and the command that resumes, in one line (exit 1)."""
+    if not saved:
+        save(run, step)
+    checkpoint = find_latest(run.cfg.run_dir)
+    command = resume_command(run.cfg.run_dir / "config.yaml", run.dist.world_size)
+    cause = error if error is not None else "another rank could not write its output"
+    raise TrainingHalted(
+        f"{cause} at step {step}: stopped at checkpoint {checkpoint}; resume with: {command}"
+    )
 
 
 def stop_after(run: Run, step: int, signum: int, *, saved: bool) -> None:

@@ -121,3 +121,29 @@ def test_sigterm_to_one_rank_then_sigkill_then_resume_ends_like_an_uninterrupted
     got_weights, want_weights = weights(run_dir), weights(tmp_path / "single")
     for name in want_weights:
         torch.testing.assert_close(got_weights[name], want_weights[name], rtol=0, atol=4e-6, msg=name)
+
+
+def test_full_disk_on_rank_0_stops_every_rank_at_a_checkpoint_of_the_step(tmp_path):
+    """Only rank 0 writes metrics, so only rank 0 meets a full disk there: every rank must stop at the
+    same step, with a checkpoint of it that all of them wrote, instead of rank 1 waiting for rank 0
+    in the next step's collectives until the process group times out."""
+    run_dir = tmp_path / "r"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    agent = subprocess.Popen(
+        [*cmd, str(TESTS_DIR / "full_disk_metrics.py"), *argv(tmp_path, "r", STEPS, "--run.save-every", "0")],
+        env=trainer_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    code, output = finish(agent)
+    assert code == 1, output[-6000:]
+    checkpoint = run_dir / "checkpoints" / "step_000000001"
+    lines = [line for line in output.splitlines() if "no space left on device" in line]
+    assert len(lines) == 1, output[-6000:]
+    assert (
+        f"no space left on device writing {run_dir / 'metrics.jsonl'} at step 1: stopped at checkpoint "
+        f"{checkpoint}; resume with: torchrun --nproc-per-node 2"
+    ) in " ".join(lines[0].split()), output[-6000:]
+    assert find_latest(run_dir) == checkpoint

@@ -74,14 +74,15 @@ class GracefulStop:
             _say(f"second {name}: exiting now without saving")
             os._exit(128 + signum)
 
-    def agreed(self, device: torch.device) -> int | None:
-        """The signal that stops the loop after this step, on every rank alike (a collective under
-        torchrun: every rank calls it once per step); None to go on."""
+    def agreed(self, device: torch.device, *, halted: bool = False) -> tuple[int | None, bool]:
+        """The signal that stops the loop after this step (None to go on), and whether any rank
+        ``halted`` (met a fault only it sees, such as rank 0's metrics write): the same on every
+        rank (one collective under torchrun: every rank calls it once per step)."""
         if not dist.is_initialized():
-            return self.signum
-        flag = torch.tensor([self.signum or 0], dtype=torch.int64, device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item()) or None
+            return self.signum, halted
+        flags = torch.tensor([self.signum or 0, int(halted)], dtype=torch.int64, device=device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        return int(flags[0].item()) or None, bool(flags[1].item())
 
 
 def resume_command(config_path: Path, world_size: int) -> str:
