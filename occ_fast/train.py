@@ -38,13 +38,17 @@ from occ_fast.monitoring.metrics import MetricsWriteError
 from occ_fast.monitoring.output import OutputError, checkpoint_write_error
 from occ_fast.monitoring.report import PLOTS, Summary, step_line, summarize
 from occ_fast.rewards.loader import RewardFnImportError
+from occ_fast.rollout.drafter_probe import DrafterSyncError
+from occ_fast.rollout.vllm_engine import WeightSyncError
 from occ_fast.training.heldout import run_eval
+from occ_fast.training.master_weights import fp32_weights
 from occ_fast.training.setup import Run, setup
 from occ_fast.training.step import rl_step
 
 # User errors found at start (bad data, reward function, checkpoint): one line, no traceback.
 START_ERRORS = (DatasetError, RewardFnImportError, CheckpointError, OutputError, ModelDirError)
-RUN_STOPS = (TrainingHalted,)  # the run stopped itself (one line, exit status 1)
+# The run stopped itself (one line, exit status 1): unhealthy, or rollout engine and trainer disagree.
+RUN_STOPS = (TrainingHalted, WeightSyncError, DrafterSyncError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,16 +112,21 @@ def train(cfg: Config, *, console: Console | None = None) -> Summary:
     console = console or Console(stderr=True)
     with GracefulStop() as stop, hold_run_dir(cfg.run_dir):  # the lock first: before any write there
         run = setup(cfg, console)
-        stop.deferred = True  # from here a signal lets the step finish, then saves it
-        run_loop(run, stop)
-        if run.metrics is not None:
-            run.metrics.plot(PLOTS)
-            run.metrics.close()
-        run.scorer.close()
-        if run.sharded:  # gathered, written by rank 0
-            export_hf(run.model, cfg.run_dir / "model", tokenizer=run.tokenizer)
-        else:
-            save_mtp_model(run.model, cfg.run_dir / "model", tokenizer=run.tokenizer)
+        try:
+            stop.deferred = True  # from here a signal lets the step finish, then saves it
+            run_loop(run, stop)
+            if run.metrics is not None:
+                run.metrics.plot(PLOTS)
+                run.metrics.close()
+            run.scorer.close()
+            if run.sharded:  # gathered, written by rank 0
+                export_hf(run.model, cfg.run_dir / "model", tokenizer=run.tokenizer)
+            else:  # the fp32 masters of a bf16 run, as FSDP2's export writes them
+                with fp32_weights(run.optimizer):
+                    save_mtp_model(run.model, cfg.run_dir / "model", tokenizer=run.tokenizer)
+        finally:  # the engine goes first: vLLM's shutdown tears down the process groups it uses
+            if (close := getattr(run.engine, "close", None)) is not None:
+                close()
     return summarize(cfg, run.history, is_main=run.dist.is_main)
 
 
@@ -193,19 +202,21 @@ def stop_after(run: Run, step: int, signum: int, *, saved: bool) -> None:
 
 
 def save(run: Run, step: int) -> None:
-    """A checkpoint of ``step``: sharded (every rank writes its shards) under torchrun."""
+    """A checkpoint of ``step``: sharded (every rank writes its shards) under torchrun; the model's
+    weights are the fp32 masters of a bf16 run."""
     write = save_sharded_checkpoint if run.sharded else save_checkpoint
     try:
-        write(
-            run.cfg.run_dir,
-            step,
-            run.model,
-            run.optimizer,
-            run.scheduler,
-            extra={"next_step": step + 1, "sampler": run.sampler.state_dict()},
-            keep_last=run.cfg.run.keep_last,
-            health=run.health.record(),  # pruning keeps the newest healthy checkpoint
-        )
+        with fp32_weights(run.optimizer):
+            write(
+                run.cfg.run_dir,
+                step,
+                run.model,
+                run.optimizer,
+                run.scheduler,
+                extra={"next_step": step + 1, "sampler": run.sampler.state_dict()},
+                keep_last=run.cfg.run.keep_last,
+                health=run.health.record(),  # pruning keeps the newest healthy checkpoint
+            )
     except Exception as e:
         failure = checkpoint_write_error(
             e, checkpoint_dir(run.cfg.run_dir, step), find_latest(run.cfg.run_dir)

@@ -25,6 +25,18 @@ def hang_after_calls(completion: str, ground_truth: str) -> float:
     return arithmetic_reward(completion, ground_truth)
 
 
+def pause_after_calls(completion: str, ground_truth: str) -> float:
+    """The arithmetic reward; after ``$FAULT_PAUSE_AFTER`` calls it creates ``$FAULT_PAUSE_FLAG`` and
+    waits (at most 120 s) until ``$FAULT_RELEASE_FLAG`` exists: a step held open until a test lets it end."""
+    _calls["n"] += 1
+    if _calls["n"] > int(os.environ["FAULT_PAUSE_AFTER"]):
+        open(os.environ["FAULT_PAUSE_FLAG"], "w").close()  # noqa: SIM115
+        deadline = time.monotonic() + 120
+        while not os.path.exists(os.environ["FAULT_RELEASE_FLAG"]) and time.monotonic() < deadline:
+            time.sleep(0.02)
+    return arithmetic_reward(completion, ground_truth)
+
+
 def slow_on_odd_answers(completion: str, ground_truth: str) -> float:
     """Takes 5 s when the ground truth is odd (a reward that hangs on some inputs)."""
     if int(ground_truth) % 2:

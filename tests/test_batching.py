@@ -168,6 +168,23 @@ def test_mtp_rows_count_matches_the_model():
             assert int(heads.mtp_mask(k).sum()) == sum(s.mtp_rows(k) for s in samples)
 
 
+def test_a_micro_batch_fills_its_token_budget_exactly_and_one_token_more_starts_another():
+    """``optim.micro_batch_tokens`` is the most tokens a packed micro-batch holds: sequences fill it
+    exactly, and a sequence that would make it budget + 1 goes to another (first-fit decreasing)."""
+
+    def widths(lengths: list[int], budget: int) -> list[int]:
+        samples = [Sample([7, 8], [9] * (n - 2), torch.zeros(n - 2), 1.0) for n in lengths]
+        micros = make_micro_batches(samples, token_budget=budget)
+        assert sum(m.num_samples for m in micros) == len(lengths)
+        return [m.input_ids.shape[1] for m in micros]
+
+    assert widths([5, 3], 8) == [8]
+    assert widths([5, 4], 8) == [5, 4]
+    assert widths([5, 4], 9) == [9]
+    assert widths([3, 5, 4, 4], 8) == [8, 8]  # 5 + 3 and 4 + 4
+    assert widths([3, 5, 4, 4], 7) == [5, 7, 4]  # 5, 4 + 3, 4
+
+
 def test_long_sequence_gets_its_own_row_and_bad_arguments_fail():
     samples = random_samples(4)
     micros = make_micro_batches(samples, token_budget=3)

@@ -22,6 +22,7 @@ from occ_fast.training.update_stats import UpdateStats
 
 VOCAB = 61
 TEMPERATURE = 0.9
+MAX_NEW_TOKENS = 16  # the rollout limit: above every response of make_samples (2-8 tokens)
 
 
 def tiny_model(num_mtp: int = 2, seed: int = 0, attention_dropout: float = 0.0, **kwargs) -> MTPModel:
@@ -66,6 +67,7 @@ def stats(model, micros, olds, cfg, num_tokens, mtp_tokens, **kwargs):
         num_tokens=num_tokens,
         mtp_num_tokens=mtp_tokens,
         temperature=TEMPERATURE,
+        max_response_length=MAX_NEW_TOKENS,
         **kwargs,
     )
 
@@ -121,6 +123,7 @@ def test_exact_c_and_v2_match_brute_force(tis_cap):
     assert out["exact/lam_star"] == pytest.approx(c / v2, rel=2e-4)
     assert out["exact/cosine"] == pytest.approx(c / math.sqrt(rl2 * v2), rel=2e-4)
     assert out["exact/time_s"] > 0 and 0 < out["exact/time_ratio"] < math.inf
+    assert {"exact/c_cross", "exact/v2_cross", "exact/c_ce", "exact/c_ce_cross"} <= out.keys()
 
 
 def test_shared_params_restrict_the_measurement():
@@ -174,7 +177,7 @@ def test_proxy_equals_what_training_logs(aggregation, form):
             mtp_masks=[heads.mtp_mask(k) for k in (1, 2)],
             num_tokens=num_tokens,
             mtp_num_tokens=mtp_tokens,
-            occ_entries=padded_response_entries(micro.position_ids, micro.response_mask, micro.num_samples),
+            occ_entries=padded_response_entries(micro.num_samples, MAX_NEW_TOKENS),
         )
         lams.append(float(metrics["mtp1/lam"]))
         c_hat += float(metrics["mtp1/c_hat"]) / len(micros)
@@ -214,7 +217,8 @@ def test_training_is_bit_identical_with_or_without_diagnostics():
         cfg = LossConfig(mtp_regime="occ")
         run = SimpleNamespace(
             cfg=SimpleNamespace(
-                rollout=SimpleNamespace(temperature=TEMPERATURE), optim=SimpleNamespace(grad_clip=1.0)
+                rollout=SimpleNamespace(temperature=TEMPERATURE, max_new_tokens=16),
+                optim=SimpleNamespace(grad_clip=1.0),
             ),
             model=model,
             optimizer=torch.optim.AdamW(model.parameters(), lr=1e-2),
@@ -222,8 +226,8 @@ def test_training_is_bit_identical_with_or_without_diagnostics():
             autocast_dtype=None,
         )
         torch.manual_seed(11)
-        if with_diagnostics:
-            stats(model, micros, olds, cfg, num_tokens, mtp_tokens)
+        if with_diagnostics:  # the measured one-step gain steps the optimizer, then restores it
+            stats(model, micros, olds, cfg, num_tokens, mtp_tokens, optimizer=run.optimizer)
         rng = torch.get_rng_state()
         update_mini_batch(run, samples, [(m, True) for m in micros], olds, UpdateStats())
         assert not torch.equal(torch.get_rng_state(), rng)  # the update itself does draw (dropout)

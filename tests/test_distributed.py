@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -45,15 +46,16 @@ from occ_fast.model import MTPModel, load_mtp_model
 from occ_fast.policy.batching import MicroBatch, Sample, make_micro_batches
 from occ_fast.policy.forward import policy_logprobs
 from occ_fast.training.optim import build_optimizer, build_scheduler
+from occ_fast.training.update import update_mini_batch
+from occ_fast.training.update_stats import UpdateStats
 
 SEED = 4
 GROUP = 3  # completions per prompt
 NUM_SAMPLES = 15  # 5 groups: ranks get 3 and 2, with different micro-batch counts
 TOKEN_BUDGET = 20
 STEP = 7
-LOSS_CFG = LossConfig(
-    mtp_regime="policy", mtp_coef=0.5
-)  # OCC's coefficient is per micro-batch: grouping-dependent
+LOSS_CFG = LossConfig(mtp_regime="policy", mtp_coef=0.5)  # a fixed coefficient: grouping-independent
+OCC_CFG = LossConfig(mtp_regime="occ", occ_lam_plus=5.0)  # one coefficient per micro-batch
 OPTIM_CFG = OptimConfig(lr=1e-2, warmup_steps=0)
 TORCHRUN_TIMEOUT_S = 150
 
@@ -74,6 +76,7 @@ def train_micro_batches(
     micros: list[tuple[MicroBatch, bool]],
     num_tokens: torch.Tensor | float,
     mtp_tokens: list[torch.Tensor | float],
+    loss_cfg: LossConfig = LOSS_CFG,
 ) -> torch.Tensor:
     """Backward every micro-batch's share of the token-mean loss (padding ones scaled by 0); the
     summed loss, detached."""
@@ -83,7 +86,7 @@ def train_micro_batches(
         lp = heads.heads[0].logprob
         adv = heads.gather(micro.advantages)
         loss, _ = compute_loss(
-            LOSS_CFG,
+            loss_cfg,
             (lp - 0.05 * adv).detach(),
             lp,
             adv,
@@ -99,24 +102,87 @@ def train_micro_batches(
     return total
 
 
+def single_micro_batches(samples: list[Sample]) -> list[MicroBatch]:
+    return make_micro_batches(samples, token_budget=TOKEN_BUDGET)
+
+
 def single_process_step(model: MTPModel, samples: list[Sample]) -> torch.Tensor:
-    micros = make_micro_batches(samples, token_budget=TOKEN_BUDGET)
+    micros = single_micro_batches(samples)
     num_tokens, mtp_tokens = token_counts(samples, model.num_mtp)
     return train_micro_batches(model, [(m, True) for m in micros], num_tokens, mtp_tokens)
+
+
+def metrics_run(model: MTPModel) -> SimpleNamespace:
+    """What ``update_mini_batch`` reads of a run; lr 0: only the step's metrics are of interest."""
+    return SimpleNamespace(
+        cfg=SimpleNamespace(
+            rollout=SimpleNamespace(temperature=1.0, max_new_tokens=8), optim=SimpleNamespace(grad_clip=1.0)
+        ),
+        model=model,
+        optimizer=torch.optim.SGD(model.parameters(), lr=0.0),
+        loss_cfg=LOSS_CFG,
+        autocast_dtype=None,
+    )
+
+
+def signal_model() -> MTPModel:
+    """The tiny model with a sharpened head: its entropy differs from context to context."""
+    model = tiny_model(SEED)
+    with torch.no_grad():
+        model.base.lm_head.weight.mul_(20.0)
+    return model
+
+
+def signal_samples() -> list[Sample]:
+    """``random_samples`` whose first 3 groups (rank 0's) answer with MTP depth 1's own greedy drafts,
+    and whose rollout log-probs are the trainer's own in group 0 and drift further from them group by
+    group after it: the two ranks' MTP accuracy, forecast, entropy and mismatch differ, as their token
+    counts do."""
+    model = signal_model().eval()
+    samples = []
+    for i, s in enumerate(random_samples(NUM_SAMPLES, seed=SEED)):
+        response, rollout = s.response_ids, s.rollout_logprobs * (1 + 3 * (i // GROUP))
+        if i < 3 * GROUP and len(response) > 1:
+            ids = s.prompt_ids + response[:1]
+            while len(ids) < len(s.prompt_ids) + len(response):
+                with torch.no_grad():
+                    out = model(torch.tensor([ids]))
+                ids.append(int((out.mtp_weight @ out.mtp_hidden[0][0, -2]).argmax()))
+            response = ids[len(s.prompt_ids) :]
+        if i < GROUP:
+            (micro,) = make_micro_batches([Sample(s.prompt_ids, response, rollout, 0.0)], token_budget=64)
+            with torch.no_grad():
+                rollout = policy_logprobs(model, micro, temperature=1.0).heads[0].logprob
+        samples.append(Sample(s.prompt_ids, response, rollout, s.advantage))
+    return samples
 
 
 # ---- the torchrun worker -------------------------------------------------------------------------
 
 
-def rank_step(model: MTPModel, rank: int, world: int) -> tuple[torch.Tensor, int]:
-    """This rank's share of the batch (whole groups), normalised by the global token counts."""
-    samples = random_samples(NUM_SAMPLES, seed=SEED)
+def rank_share(
+    rank: int, world: int, samples: list[Sample] | None = None
+) -> tuple[list[Sample], list[MicroBatch]]:
+    """Rank ``rank``'s share (whole groups) of the batch (default: ``random_samples``) and the
+    micro-batches it packs from it."""
+    samples = random_samples(NUM_SAMPLES, seed=SEED) if samples is None else samples
     groups = shard_prompts(range(NUM_SAMPLES // GROUP), rank, world)
     mine = [s for g in groups for s in samples[g * GROUP : (g + 1) * GROUP]]
-    micros = make_micro_batches(mine, token_budget=TOKEN_BUDGET)
+    return mine, make_micro_batches(mine, token_budget=TOKEN_BUDGET)
+
+
+def rank_step(
+    model: MTPModel, rank: int, world: int, loss_cfg: LossConfig = LOSS_CFG
+) -> tuple[torch.Tensor, int]:
+    """This rank's share of the batch, normalised by the global token counts."""
+    mine, micros = rank_share(rank, world)
     num_tokens, mtp_tokens = token_counts(mine, model.num_mtp)
     loss = train_micro_batches(
-        model, pad_micro_batches(micros), global_sum(num_tokens), [global_sum(t) for t in mtp_tokens]
+        model,
+        pad_micro_batches(micros),
+        global_sum(num_tokens),
+        [global_sum(t) for t in mtp_tokens],
+        loss_cfg,
     )
     return global_sum(loss), len(micros)
 
@@ -135,6 +201,15 @@ def worker(out: Path) -> None:
     results["micros"] = gather_metrics({f"micros/rank{rank}": micros})
     results["loss"], results["grads"] = float(loss), full_grads(model)
     results["grad_norm"] = float(clip_grad_norm(model, float("inf")))
+
+    occ = shard_model(tiny_model(SEED), mixed_precision=False)
+    rank_step(occ, rank, world, OCC_CFG)
+    results["occ_grads"] = full_grads(occ)
+
+    stats = UpdateStats()
+    mine, micros = rank_share(rank, world, signal_samples())
+    update_mini_batch(metrics_run(signal_model()), mine, pad_micro_batches(micros), None, stats)
+    results["token_metrics"] = gather_metrics(stats.summary(), weights=stats.token_weights())
 
     ac = shard_model(tiny_model(SEED), mixed_precision=False, activation_checkpointing=True)
     rank_step(ac, rank, world)
@@ -231,6 +306,62 @@ def test_fsdp_two_ranks_match_single_process_loss_and_gradients(two_ranks):
         torch.testing.assert_close(res["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
     expected_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf"))
     assert res["grad_norm"] == pytest.approx(float(expected_norm), rel=1e-5)
+
+
+def test_occ_under_two_ranks_is_one_process_with_the_ranks_micro_batches(two_ranks):
+    """OCC's coefficient is one per micro-batch, and each rank packs its own: 2 ranks give the
+    gradient of one process that trains on the ranks' micro-batches, not that of one process packing
+    the whole batch (the fixed-coefficient ``policy`` gradient is the same either way, above)."""
+    _, res = two_ranks
+    samples = random_samples(NUM_SAMPLES, seed=SEED)
+    num_tokens, mtp_tokens = token_counts(samples, tiny_model(SEED).num_mtp)
+    per_rank = [(m, True) for rank in range(2) for m in rank_share(rank, 2)[1]]
+    grads = {}
+    for name, micros in (("ranks", per_rank), ("one", [(m, True) for m in single_micro_batches(samples)])):
+        model = tiny_model(SEED)
+        train_micro_batches(model, micros, num_tokens, mtp_tokens, OCC_CFG)
+        grads[name] = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    assert res["occ_grads"].keys() == grads["ranks"].keys()
+    for name, grad in grads["ranks"].items():
+        torch.testing.assert_close(res["occ_grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    change = relative_change(grads["ranks"], grads["one"])
+    assert change > 1e-3  # far above the 1e-4 summation-order tolerance: the grouping matters
+
+
+TOKEN_MEANS = (
+    "policy/entropy", "mtp/accuracy", "mtp/top1_depth1", "mtp/top1_depth2",
+    "mismatch/abs_diff_mean", "mismatch/kl_k1", "mismatch/kl_k3", "mismatch/frac_above_threshold",
+    "spec/forecast_acceptance_rate_n1", "spec/forecast_acceptance_rate_n2",
+    "spec/forecast_mean_acceptance_length_n2",
+)  # fmt: skip
+
+
+def test_token_means_over_two_ranks_are_the_single_process_ones(two_ranks):
+    """The ranks hold different token counts (3 groups and 2): their token means combine weighted by
+    those counts, so that the logged entropy, mismatch, MTP accuracy and forecast are one process's."""
+    _, res = two_ranks
+    samples = signal_samples()
+    stats = UpdateStats()
+    micros = [(m, True) for m in single_micro_batches(samples)]
+    update_mini_batch(metrics_run(signal_model()), samples, micros, None, stats)
+    want = stats.summary()
+    per_rank = []
+    for rank in range(2):
+        share = UpdateStats()
+        mine, rank_micros = rank_share(rank, 2, samples)
+        update_mini_batch(metrics_run(signal_model()), mine, [(m, True) for m in rank_micros], None, share)
+        per_rank.append(share.summary())
+    for key in TOKEN_MEANS:
+        tolerance = 2e-6 * abs(want[key]) + 1e-7
+        unweighted = (per_rank[0][key] + per_rank[1][key]) / 2
+        assert abs(unweighted - want[key]) > 10 * tolerance, key  # the test can tell them apart
+        assert res["token_metrics"][key] == pytest.approx(want[key], rel=0, abs=tolerance), key
+
+
+def relative_change(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """``||a - b|| / ||b||`` over every parameter's gradient."""
+    diff = sum(float((a[n] - b[n]).square().sum()) for n in b)
+    return (diff / sum(float(g.square().sum()) for g in b.values())) ** 0.5
 
 
 def test_activation_checkpointing_keeps_gradients(two_ranks):

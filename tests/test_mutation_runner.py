@@ -1,12 +1,15 @@
-"""The mutation runner edits only its copy, undoes every edit, and calls a moved snippet stale."""
+"""The mutation runner edits only its copy, undoes every edit, calls a moved snippet stale, and keeps
+the results of a partial run beside those of the last full one."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent / "mutation"))
 
+import run  # noqa: E402
 from mutants import ALL, MUTANTS, Mutant  # noqa: E402
 from run import apply, restore  # noqa: E402
 
@@ -36,3 +39,18 @@ def test_mutant_list_is_well_formed():
         assert all(old != new for _, old, new in m.edits), m.id
         if m.equivalent is None:
             assert m.tests and all((root / t.split("::")[0]).is_file() for t in m.tests), m.id
+
+
+def test_a_partial_run_updates_and_adds_rows_of_the_last_results(tmp_path, monkeypatch):
+    """``--only`` replaces the rows of mutants it ran and adds those new to the list, in its order."""
+    monkeypatch.setattr(run, "RESULTS", tmp_path)
+    first, second = MUTANTS[0], MUTANTS[1]
+
+    def row(mutant, status):
+        return {"id": mutant.id, "what": mutant.what, "files": ["f.py"], "status": status, "seconds": 1.0}
+
+    run.write_results([row(second, "survived")], 1.0, update=False)
+    run.write_results([row(first, "killed"), row(second, "killed")], 2.0, update=True)
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert [(r["id"], r["status"]) for r in data["mutants"]] == [(first.id, "killed"), (second.id, "killed")]
+    assert (data["killed"], data["counted"], data["minutes"]) == (2, 2, 3.0)

@@ -1,6 +1,7 @@
 """OCC ``code`` aggregation with the reference semantics: the mean over the padded ``[B, R]`` response
-tensor of the micro-batch (B sequences, R the longest response), padding counting as zeros, the same
-for the packed and the padded layout, in the trainer's loss path."""
+tensor of the micro-batch, padding counting as zeros, with B its sequences and R the configured maximum
+response length (``rollout.max_new_tokens``: verl pads every response to it, and the reference's
+``loss_func`` divides by ``responses.size(1)``), in the trainer's loss path."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import torch
 from test_diagnostics import TEMPERATURE, make_samples, tiny_model
 
 from occ_fast.algorithm import LossConfig, occ_coefficient, padded_response_entries
-from occ_fast.policy.batching import Sample, make_micro_batches
+from occ_fast.policy.batching import make_micro_batches
 from occ_fast.policy.forward import policy_logprobs
 from occ_fast.training.update import update_mini_batch
 from occ_fast.training.update_stats import UpdateStats
@@ -58,40 +59,17 @@ def test_code_on_scored_tokens_equals_code_on_the_padded_tensor():
     assert flat.lam.item() == pytest.approx(reference.lam.item(), rel=1e-6)
 
 
-def samples_with_lengths(prompt_lengths, response_lengths) -> list[Sample]:
-    return [
-        Sample(list(range(3, 3 + p)), list(range(5, 5 + r)), -torch.rand(r), 1.0)
-        for p, r in zip(prompt_lengths, response_lengths)
-    ]
+@pytest.mark.parametrize(("sequences", "max_new_tokens"), [(1, 1), (3, 40), (7, 8192)])
+def test_padded_response_entries_is_b_times_the_configured_maximum(sequences, max_new_tokens):
+    assert padded_response_entries(sequences, max_new_tokens) == sequences * max_new_tokens
 
 
-@pytest.mark.parametrize(
-    ("prompts", "responses"), [((1, 5, 3, 2), (4, 1, 7, 2)), ((3,), (6,)), ((2, 2, 9), (3, 3, 3))]
-)
-def test_padded_response_entries_is_b_times_longest_response_in_both_layouts(prompts, responses):
-    samples = samples_with_lengths(prompts, responses)
-    expected = len(samples) * max(responses)
-    (packed,) = make_micro_batches(samples, token_budget=1000)
-    (padded,) = make_micro_batches(samples, token_budget=1000, batch_size=len(samples), pad_id=0)
-    for micro in (packed, padded):
-        assert (
-            float(padded_response_entries(micro.position_ids, micro.response_mask, micro.num_samples))
-            == expected
-        )
-
-
-def test_padded_response_entries_per_micro_batch():
-    samples = samples_with_lengths((2, 2, 2, 2), (3, 8, 1, 2))
-    micros = make_micro_batches(samples, token_budget=12)  # first-fit decreasing: [10], [5, 4, 3] tokens
-    got = sorted(
-        float(padded_response_entries(m.position_ids, m.response_mask, m.num_samples)) for m in micros
-    )
-    assert got == [1.0 * 8, 3.0 * 3]  # B x R: one sequence of 8; three whose longest response is 3
+MAX_NEW_TOKENS = 24  # above every response of make_samples (2-8 tokens), as a rollout limit is
 
 
 def code_lam_in_training(batch_size: int | None) -> tuple[list[float], list[float]]:
     """The ``code`` coefficients update_mini_batch applies, and their hand computation from the
-    per-token log-probs and the samples' own B and R."""
+    per-token log-probs, the micro-batch's sequence count B and the configured maximum length."""
     model = tiny_model(num_mtp=1, seed=2)
     samples = make_samples(n=6, seed=9)
     micros = make_micro_batches(samples, token_budget=40, batch_size=batch_size, pad_id=0)
@@ -107,10 +85,11 @@ def code_lam_in_training(batch_size: int | None) -> tuple[list[float], list[floa
             d_mtp = out.heads[1].logprob.double() - lp_old.double()
             valid = out.mtp_mask(1)
             ratio = (d_rl * d_mtp / (d_mtp * d_mtp + 1e-8))[valid].sum()
-            hand.append(float(0.7 * ratio / (len(members) * max(len(s.response_ids) for s in members))))
+            hand.append(float(0.7 * ratio / (len(members) * MAX_NEW_TOKENS)))
     run = SimpleNamespace(
         cfg=SimpleNamespace(
-            rollout=SimpleNamespace(temperature=TEMPERATURE), optim=SimpleNamespace(grad_clip=1.0)
+            rollout=SimpleNamespace(temperature=TEMPERATURE, max_new_tokens=MAX_NEW_TOKENS),
+            optim=SimpleNamespace(grad_clip=1.0),
         ),
         model=model,
         optimizer=torch.optim.SGD(model.parameters(), lr=0.0),

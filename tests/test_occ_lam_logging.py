@@ -35,7 +35,8 @@ def test_two_mini_batches_log_the_applied_coefficient_undiluted():
     first, second = samples[:4], samples[4:]
     run = SimpleNamespace(
         cfg=SimpleNamespace(
-            rollout=SimpleNamespace(temperature=TEMPERATURE), optim=SimpleNamespace(grad_clip=1.0)
+            rollout=SimpleNamespace(temperature=TEMPERATURE, max_new_tokens=16),
+            optim=SimpleNamespace(grad_clip=1.0),
         ),
         model=model,
         optimizer=torch.optim.AdamW(model.parameters(), lr=1e-2),

@@ -25,7 +25,7 @@ ALLOWED = [
     (r"qwen2\.5-fresh-mtp", "a preset's name"),
     (r"defaults to 1\.0 for k > 1", "an option's default"),
     (r"policy 0\.1/0\.5/1\.0", "the sweep's default fixed coefficients"),
-    (r"\b(?:ce|detach|policy|occ)-\d+\.\d+", "a sweep setting's name"),
+    (r"\b(?:ce|detach|policy|occ)-\d+\.\d+|\bdetach-lr\d+\.\d+x", "a sweep setting's name"),
     (r"paper's c = 0\.1", "the paper's MTP cross-entropy coefficient"),
     (r"temperature=1\.0", "an argument in a code example"),
     (r"\b\d+\.\d+\.\d+\b", "a three-part version number"),

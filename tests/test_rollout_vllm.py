@@ -164,18 +164,28 @@ def test_the_drafter_model_is_found_in_either_model_runner():
     [
         ("0.10.1", "none", False),
         ("0.10.2", "none", True),
-        ("0.11.0", "mtp", False),  # method "mtp" accepted, log-probs of drafted tokens wrong
-        ("0.11.1", "mtp", True),
-        ("0.11.1rc2.dev5+gabc", "mtp", True),
+        ("0.11.1", "mtp", False),  # logprobs=0 read as "none asked": no log-probs for drafted tokens
+        ("0.12.9", "mtp", False),
+        ("0.13.0", "mtp", True),
+        ("0.13.0rc2.dev5+gabc", "mtp", True),
         ("0.32.0+cpu", "mtp", True),
     ],
 )
 def test_vllm_version_floors(version, speculative, ok):
     if ok:
-        check_version(version, speculative)
+        assert check_version(version, speculative) == {}
     else:
         with pytest.raises(ImportError, match=rf"vLLM {version} is too old.*>= 0\.1"):
             check_version(version, speculative)
+
+
+def test_vllm_025_drafts_on_its_v1_runner_the_v2_one_has_no_drafter_handle():
+    assert check_version("0.25.1", "mtp") == {"VLLM_USE_V2_MODEL_RUNNER": "0"}
+    assert check_version("0.25.0", "mtp", "0") == {"VLLM_USE_V2_MODEL_RUNNER": "0"}
+    with pytest.raises(ImportError, match="VLLM_USE_V2_MODEL_RUNNER=1.*unset .*>= 0.26.0"):
+        check_version("0.25.0", "mtp", "1")
+    assert check_version("0.25.0", "none", "1") == {}  # no drafter to sync
+    assert check_version("0.26.0", "mtp") == {}  # get_draft_model() on the V2 runner
 
 
 def test_mtp_drafts_only_from_formats_vllm_drafts_with(tmp_path, caplog):
@@ -244,6 +254,9 @@ def test_llm_keywords(torchrun, speculative):
     assert (
         kw["dtype"] == "bfloat16" and kw["enable_sleep_mode"] and kw["logprobs_mode"] == "processed_logprobs"
     )
+    assert kw["enforce_eager"] is False and "kv_cache_memory_bytes" not in kw  # vLLM's own defaults
+    knobs = llm_kwargs("/m", **_LLM, enforce_eager=True, kv_cache_bytes=1 << 28)
+    assert knobs["enforce_eager"] is True and knobs["kv_cache_memory_bytes"] == 1 << 28
     assert (kw["gpu_memory_utilization"], kw["max_model_len"], kw["seed"]) == (0.4, 512, 3)
     assert kw.get("distributed_executor_backend") == ("external_launcher" if torchrun else None)
     if speculative == "mtp":
@@ -359,6 +372,42 @@ def test_bad_arguments_are_named_before_vllm_is_needed(tmp_path):
         VLLMEngine(tmp_path, gpu_memory_utilization=1.5)
     with pytest.raises(ValueError, match="sleep_level=3"):
         VLLMEngine(tmp_path, sleep_level=3)
+    with pytest.raises(ValueError, match="dtype='fp8'"):
+        VLLMEngine(tmp_path, dtype="fp8")
+    with pytest.raises(ValueError, match="kv_cache_bytes=0"):
+        VLLMEngine(tmp_path, kv_cache_bytes=0)
+
+
+def test_tensor_parallelism_is_refused_in_one_line_saying_why(tmp_path):
+    with pytest.raises(
+        ValueError, match="tensor parallelism is not supported: the weight sync.*one engine per GPU"
+    ) as err:
+        VLLMEngine(tmp_path, engine_kwargs={"tensor_parallel_size": 2})
+    assert "\n" not in str(err.value)
+
+
+def test_cached_gpu_memory_is_released_before_the_engine_wakes(monkeypatch):
+    """Sleep mode exists only on GPU: here the call order, with vLLM's LLM reduced to a call log."""
+    calls = []
+    engine = object.__new__(VLLMEngine)
+    engine.llm = NS(
+        wake_up=lambda tags: calls.append(("wake_up", tuple(tags))),
+        sleep=lambda level: calls.append(("sleep", level)),
+    )
+    engine.sleep_mode, engine.sleep_level, engine._weights_valid = True, 1, True
+    engine._awake = set()
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append(("empty_cache",)))
+    engine._wake("weights")
+    engine._wake("weights", "kv_cache")
+    engine._wake("weights", "kv_cache")  # awake: nothing to do
+    engine._sleep()
+    assert calls == [
+        ("empty_cache",),
+        ("wake_up", ("weights",)),
+        ("empty_cache",),
+        ("wake_up", ("kv_cache",)),
+        ("sleep", 1),
+    ]
 
 
 # ---- sleep mode: the real engine on a platform that has it (CUDA) --------------------------

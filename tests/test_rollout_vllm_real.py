@@ -30,12 +30,14 @@ from occ_fast.model import MTPModel, save_mtp_model  # noqa: E402
 from occ_fast.monitoring.spec_forecast import draft_counts, forecast  # noqa: E402
 from occ_fast.policy.batching import Sample, make_micro_batches  # noqa: E402
 from occ_fast.policy.forward import policy_logprobs  # noqa: E402
+from occ_fast.rollout import vllm_engine  # noqa: E402
 from occ_fast.rollout.base import SamplingParams  # noqa: E402
+from occ_fast.rollout.drafter_probe import DrafterSyncError, replay_greedy_drafts  # noqa: E402
 from occ_fast.rollout.vllm_engine import VLLMEngine, WeightSyncError, to_results  # noqa: E402
 
 # head_dim 64 (hidden 128, 2 heads): the CPU attention backend refuses head_dim 16.
 # On CPU a fixed KV cache: the default reserves a fraction of host memory per engine.
-ENGINE = dict(max_model_len=256, engine_kwargs={"enforce_eager": True, "kv_cache_memory_bytes": 1 << 27})
+ENGINE = dict(max_model_len=256, enforce_eager=True, kv_cache_bytes=1 << 27)
 PROMPTS = [[5, 17, 3, 99], [22, 4, 9, 1, 250, 7], [300, 301], [11, 12, 13, 14, 15]]
 FIGURES: dict = {}  # measured here; benchmarks/vllm_cpu.py writes them out
 
@@ -246,6 +248,35 @@ def test_weight_sync_reaches_trunk_and_drafter_then_the_probe_passes(spec_engine
     assert engine.last_sync_logprob_diff < 1e-3
     results = engine.generate(PROMPTS, SamplingParams(max_new_tokens=32, temperature=0.0))
     assert engine.last_spec_counts == walk(other, results)  # the drafter has the new MTP head
+    probe = engine.last_drafter_probe  # the drafter probe after the sync: fp32, so to the draft
+    assert probe["measured"] == probe["replayed"] and 0 < probe["measured"] < 1
+    FIGURES["drafter_probe/fp32_synced"] = probe["measured"]
+
+
+def test_the_drafter_probe_stops_a_stale_drafter_the_trunk_probe_cannot_see_it(spec_engine, monkeypatch):
+    """The drafter's sync switched off (it gets the MTP layers it already holds, with the shared
+    embedding and lm_head of the new trunk): the trunk probe passes, the drafter probe stops the
+    run, in one line naming the sync."""
+    engine, _, _, _ = spec_engine
+    new, stale = tiny_model(seed=7, num_mtp=2), tiny_model(seed=7, num_mtp=2)
+    stale.mtp.load_state_dict(tiny_model(seed=5, num_mtp=2).mtp.state_dict())  # what the drafter holds
+    real = vllm_engine.drafter_weights
+    monkeypatch.setattr(vllm_engine, "drafter_weights", lambda model: real(stale))
+    with pytest.raises(DrafterSyncError, match=r"MTP drafter disagrees .* after sync \d+: acceptance") as err:
+        engine.sync_weights(new)
+    assert "\n" not in str(err.value)
+    assert engine.last_sync_logprob_diff < 1e-3  # the trunk arrived: its probe saw nothing wrong
+    FIGURES["drafter_probe/fp32_stale"] = str(err.value)
+    monkeypatch.setattr(vllm_engine, "drafter_weights", real)
+    engine.sync_weights(new)  # a full sync mends it
+    assert engine.last_drafter_probe["measured"] == engine.last_drafter_probe["replayed"]
+
+
+def test_the_replay_of_the_drafter_probe_is_the_tests_walk(spec_engine):
+    engine, model, _, _ = spec_engine
+    results = engine.generate(PROMPTS, SamplingParams(max_new_tokens=16, temperature=0.0))
+    completions = [r.token_ids for r in results]
+    assert replay_greedy_drafts(model, PROMPTS, completions, 1) == walk(model, results)
 
 
 @pytest.mark.xfail(
@@ -275,3 +306,16 @@ def test_deepseek_named_heads_on_a_qwen2_trunk_are_refused_before_the_engine_sta
     save_mtp_model(tiny_model(seed=2, naming="deepseek"), tmp_path)
     with pytest.raises(ValueError, match="model_type 'qwen2'.*--model.mtp-init fresh.*naming='mimo'"):
         VLLMEngine(tmp_path, speculative="mtp", **ENGINE)
+
+
+def test_cpu_defaults_start_in_seconds_eager_with_a_small_kv_cache(tmp_path):
+    """No knobs given: on the CPU build, eager with a 1 GiB KV cache (vLLM's own default reserves a
+    share of host RAM and compiles: 45-57 s). Not the first engine in the process (imports, warm-up)."""
+    model = tiny_model(seed=8)
+    model.base.save_pretrained(tmp_path)
+    start = time.perf_counter()
+    engine = VLLMEngine(tmp_path, dtype="float32", max_model_len=256)
+    FIGURES["engine_start_s/cpu_defaults"] = elapsed = time.perf_counter() - start
+    config = engine.llm.llm_engine.vllm_config
+    assert config.model_config.enforce_eager and config.cache_config.kv_cache_memory_bytes == 1 << 30
+    assert elapsed < 20

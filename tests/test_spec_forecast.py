@@ -67,6 +67,10 @@ def test_forecast_arithmetic():
             "spec/forecast_mean_acceptance_length_n1": 1 + 2 / 8,
             "spec/forecast_acceptance_rate_n2": (4 + 2) / 10 / 2,  # every position
             "spec/forecast_mean_acceptance_length_n2": 1 + (4 + 2) / 10,
+            # per draft position, as vLLM logs them (rollout/spec_acceptance_rate_pos{i}): pos i is
+            # accepted when depths 1..i+1 all hit
+            "spec/forecast_acceptance_rate_pos0": 4 / 10,
+            "spec/forecast_acceptance_rate_pos1": 2 / 10,
         }
     )
     assert forecast({}) == {}
@@ -133,3 +137,33 @@ def test_draft_counts_of_a_real_forward_match_a_token_by_token_count():
         "count/spec_accepted_d2": accepted[1],
     }
     assert 0 < accepted[0] < drafts  # real signal
+
+
+def test_vllm_per_position_acceptance_is_logged_beside_the_forecast():
+    """With two draft tokens vLLM counts accepted tokens per draft position; the step's metrics carry
+    them (rollout/spec_acceptance_rate_pos{i}) beside the trainer's forecast for the same positions."""
+    from types import SimpleNamespace
+
+    from occ_fast.rollout.vllm_engine import acceptance_stats
+    from occ_fast.training.step import engine_stats
+
+    before = {"drafts": 10, "draft_tokens": 20, "accepted_tokens": 9, "accepted_tokens_per_pos": [6, 3]}
+    after = {"drafts": 20, "draft_tokens": 40, "accepted_tokens": 21, "accepted_tokens_per_pos": [14, 7]}
+    engine = SimpleNamespace(last_spec_stats=acceptance_stats(before, after), last_drafter_probe={})
+    stats = engine_stats(engine)
+    assert stats["rollout/spec_acceptance_rate_pos0"] == pytest.approx(8 / 10)
+    assert stats["rollout/spec_acceptance_rate_pos1"] == pytest.approx(4 / 10)
+    sums = {"count/spec_drafts": 10.0, "count/spec_visited": 8.0, "count/spec_visited_accepted": 2.0}
+    for k, (hits, accepted) in enumerate([(5.0, 4.0), (3.0, 2.0)], start=1):
+        sums |= {
+            f"count/spec_hits_d{k}": hits,
+            f"count/spec_rows_d{k}": 12.0,
+            f"count/spec_accepted_d{k}": accepted,
+        }
+    predicted = forecast(sums)
+    assert [k for k in predicted if "_pos" in k] == [
+        "spec/forecast_acceptance_rate_pos0",
+        "spec/forecast_acceptance_rate_pos1",
+    ]
+    one_token = forecast({k: v for k, v in sums.items() if not k.endswith("d2")})
+    assert not any("_pos" in k for k in one_token)  # one draft token: the _n1 forecast says it

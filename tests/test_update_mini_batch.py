@@ -32,7 +32,8 @@ def one_step(precompute: bool, regime: str) -> tuple[dict[str, torch.Tensor], di
     micros = [(m, True) for m in make_micro_batches(samples, token_budget=40)]
     run = SimpleNamespace(
         cfg=SimpleNamespace(
-            rollout=SimpleNamespace(temperature=TEMPERATURE), optim=SimpleNamespace(grad_clip=1.0)
+            rollout=SimpleNamespace(temperature=TEMPERATURE, max_new_tokens=16),
+            optim=SimpleNamespace(grad_clip=1.0),
         ),
         model=model,
         optimizer=torch.optim.AdamW(model.parameters(), lr=1e-2),
@@ -92,7 +93,7 @@ class LoopRecorder:
 
         def loss(cfg, lp_old, lp_main, advantages, mask, **kwargs):
             call = self._record(lp_old, lp_main, advantages, kwargs["lp_rollout"])
-            call["num_tokens"] = float(kwargs["num_tokens"])
+            call["num_tokens"] = kwargs["num_tokens"]  # as given (None must fail the test, not the spy)
             self.calls.append(call)
             return real_loss(cfg, lp_old, lp_main, advantages, mask, **kwargs)
 

@@ -17,13 +17,14 @@ import os
 import re
 import subprocess
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import tiling
 
@@ -36,6 +37,7 @@ _TRITON_DTYPES = {
 }
 _WGMMA = re.compile(r"wgmma\.mma_async\.sync\.aligned\.(m\d+n\d+k\d+)\.f32\.(\w+)\.(\w+)")
 _ROW_OFFSET = re.compile(r"tt\.addptr .*: tensor<\d+x1x!tt\.ptr<\w+>>, tensor<\d+x1xi(\d+)>")
+_SETMAXNREG = re.compile(r"setmaxnreg\.(inc|dec)\.sync\.aligned\.u32\s+(\d+)")
 _MMA_SYNC = re.compile(r"mma\.sync\.aligned\.(m\d+n\d+k\d+)\.row\.col\.f32\.(\w+)\.(\w+)\.f32")
 
 
@@ -56,6 +58,10 @@ class CompiledReport:
     row_offsets_32: int  # ... and in int32 (overflow once rows x stride passes 2^31)
     ctas_per_sm: int
     warps_per_sm: int
+    tma_loads: int = 0  # UTMALDG instructions in the SASS (TMA copies global -> shared)
+    register_realloc: list[str] = field(default_factory=list)  # setmaxnreg in the PTX, e.g. "dec 40"
+    register_realloc_sass: int = 0  # USETMAXREG instructions in the SASS
+    epilogue_in_mma_loop: bool = False  # the loop that issues the MMA also runs the softmax (loops fused)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -68,6 +74,10 @@ def _specialise(params: list[str], args: tuple, constexprs: dict):
         if isinstance(value, torch.Tensor):
             signature[name] = "*" + _TRITON_DTYPES[value.dtype]
             aligned = value.data_ptr() % 16 == 0
+        elif isinstance(value, TensorDescriptor):
+            block = ", ".join(map(str, value.block_shape))
+            signature[name] = f"tensordesc<{_TRITON_DTYPES[value.base.dtype]}[{block}]>"
+            continue
         elif isinstance(value, bool):
             signature[name], aligned = "i1", False
         elif isinstance(value, int):
@@ -112,6 +122,36 @@ def _mma_instructions(ptx: str, arch: int) -> list[str]:
     return sorted({f"{kind} {shape} {a}x{b}" for shape, a, b in pattern.findall(ptx)})
 
 
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip())
+
+
+def _epilogue_in_mma_loop(ttgir: str) -> bool:
+    """Whether a loop that issues ``warp_group_dot`` also runs an ``exp`` (the vocabulary and K loops fused).
+
+    Unfused, the MMA sits in the K loop and the softmax after it, in the vocabulary loop; fused
+    (``tl.range(..., flatten=True)``), one pipelined loop holds both, so the loads of the next
+    tile are issued before this tile's epilogue runs.
+    """
+    lines = ttgir.splitlines()
+    for i, line in enumerate(lines):
+        if "ttng.warp_group_dot " not in line:
+            continue
+        depth, j = _indent(line), i - 1
+        while j >= 0 and not (_indent(lines[j]) < depth and "scf.for" in lines[j]):
+            if lines[j].strip() and _indent(lines[j]) < depth:
+                depth = _indent(lines[j])
+            j -= 1
+        if j < 0:
+            continue
+        k = j + 1
+        while k < len(lines) and (not lines[k].strip() or _indent(lines[k]) > _indent(lines[j])):
+            if "math.exp" in lines[k]:
+                return True
+            k += 1
+    return False
+
+
 def _occupancy(arch: tiling.Arch, registers: int, shared: int, num_warps: int) -> int:
     regs_per_warp = -(-registers * 32 // 256) * 256  # allocated per warp in units of 256
     by_regs = arch.regs_per_sm // (regs_per_warp * num_warps)
@@ -132,7 +172,8 @@ def compile_launch(launch, arch: int, variant: str) -> CompiledReport:
     sass, usage = _sass_and_resources(compiled.asm["cubin"])
     spec = tiling.arch_for(arch)
     shared = compiled.metadata.shared
-    ctas = _occupancy(spec, usage["REG"], shared, launch.tile.num_warps)
+    warps = compiled.metadata.num_warps  # warp specialisation adds a producer warp group to the tile's warps
+    ctas = _occupancy(spec, usage["REG"], shared, warps)
     t = launch.tile
     row_offset_bits = _ROW_OFFSET.findall(compiled.asm["ttir"])
     return CompiledReport(
@@ -150,5 +191,9 @@ def compile_launch(launch, arch: int, variant: str) -> CompiledReport:
         row_offsets_64=row_offset_bits.count("64"),
         row_offsets_32=row_offset_bits.count("32"),
         ctas_per_sm=ctas,
-        warps_per_sm=ctas * t.num_warps,
+        warps_per_sm=ctas * warps,
+        tma_loads=len(re.findall(r"\bUTMALDG\b", sass)),
+        register_realloc=sorted({f"{op} {n}" for op, n in _SETMAXNREG.findall(compiled.asm["ptx"])}),
+        register_realloc_sass=len(re.findall(r"\bUSETMAXREG\b", sass)),
+        epilogue_in_mma_loop=_epilogue_in_mma_loop(compiled.asm["ttgir"]),
     )

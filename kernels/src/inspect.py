@@ -28,7 +28,14 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 def launches(m: int, h: int, v: int, dtype: torch.dtype, arch: int, all_tiles: bool) -> Iterator:
-    """``(variant, Launch)`` for every kernel and entropy setting at this shape (meta tensors)."""
+    """``(variant, Launch)`` for every kernel and entropy setting at this shape (meta tensors).
+
+    The pointer kernels at every candidate tile (or the chosen one), then Hopper's TMA variants
+    (every one :func:`.variants.candidates` may pick, or the chosen one) with their names.
+    """
+    import triton
+
+    from . import hopper, variants
     from .logprob import default_chunk_rows
     from .logprob_triton import dlogits_launch, forward_launch, forward_splits
 
@@ -39,25 +46,41 @@ def launches(m: int, h: int, v: int, dtype: torch.dtype, arch: int, all_tiles: b
     targets = torch.empty(m, dtype=torch.int64, **meta)
     rows = torch.empty(m, dtype=torch.float32, **meta)
     chunk = min(m, default_chunk_rows("triton", weight))
+    out = torch.empty(chunk, v, dtype=dtype, **meta)
+
+    def forward(tile, entropy):
+        partial = torch.empty(
+            4, forward_splits(m, v, tile, spec.multiprocessors), m, dtype=torch.float32, **meta
+        )
+        return (hidden, weight, targets, rows, partial, entropy)
+
+    def dlogits(entropy):
+        ent = rows[:chunk] if entropy else None
+        return (hidden[:chunk], weight, targets[:chunk], rows[:chunk], rows[:chunk], rows[:chunk], ent,
+                rows[:chunk], rows[:chunk], out)  # fmt: skip
+
+    def tag(entropy):
+        return f"{_dtype_name(dtype)} entropy={'on' if entropy else 'off'}"
+
     tiles = tiling.candidates(arch, dtype) if all_tiles else (tiling.choose(arch, m, dtype),)
     for tile in tiles:
-        splits = forward_splits(m, v, tile, spec.multiprocessors)
-        partial = torch.empty(4, splits, m, dtype=torch.float32, **meta)
-        out = torch.empty(chunk, v, dtype=dtype, **meta)
         for entropy in (True, False):
-            tag = f"{_dtype_name(dtype)} entropy={'on' if entropy else 'off'}"
-            yield (
-                tag,
-                forward_launch(hidden, weight, targets, rows, partial, entropy, tile, spec.multiprocessors),
-            )
-            ent = rows[:chunk] if entropy else None
-            yield (
-                f"{tag} chunk={chunk}",
-                dlogits_launch(
-                    hidden[:chunk], weight, targets[:chunk], rows[:chunk], rows[:chunk], rows[:chunk], ent,
-                    rows[:chunk], rows[:chunk], out, tile,
-                ),
-            )  # fmt: skip
+            yield tag(entropy), forward_launch(*forward(tile, entropy), tile, spec.multiprocessors)
+            yield f"{tag(entropy)} chunk={chunk}", dlogits_launch(*dlogits(entropy), tile)
+    version = variants.triton_version(triton.__version__)
+    for entropy in (True, False):
+        for kernel, rows_ in (("forward", m), ("dlogits", chunk)):
+            found = variants.candidates(kernel, arch, rows_, dtype, entropy, version)
+            chosen = found if all_tiles else found[:1]
+            for var in (c for c in chosen if c.tma):
+                if kernel == "forward":
+                    launch = hopper.forward_launch(*forward(var.tile, entropy), var, spec.multiprocessors)
+                    yield f"{tag(entropy)} {var.name}", launch
+                else:
+                    yield (
+                        f"{tag(entropy)} chunk={chunk} {var.name}",
+                        hopper.dlogits_launch(*dlogits(entropy), var),
+                    )
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -88,8 +111,17 @@ def problems(report) -> list[str]:
         )
     if report.shared_bytes > report.shared_limit:
         found.append(f"shared memory {report.shared_bytes} > {report.shared_limit}")
-    if report.row_offsets_32 or not report.row_offsets_64:
+    tma = "_tma_" in f"_{report.kernel}_"
+    if report.row_offsets_32 or not (report.row_offsets_64 or tma):
         found.append(f"row offsets: {report.row_offsets_32} in int32, {report.row_offsets_64} in int64")
+    if tma != (report.tma_loads > 0):
+        found.append(f"{report.tma_loads} TMA loads (UTMALDG) in a {'TMA' if tma else 'pointer'} kernel")
+    if report.variant.split()[-1].startswith("tma-ws") and not (
+        {r.split()[0] for r in report.register_realloc} == {"inc", "dec"} and report.register_realloc_sass
+    ):
+        found.append(f"warp-specialised without register re-allocation: setmaxnreg {report.register_realloc}")
+    if report.variant.split()[-1] == "tma-flat" and not report.epilogue_in_mma_loop:
+        found.append("flattened, but the MMA loop does not hold the epilogue (loops not fused)")
     if report.ctas_per_sm < 1:
         found.append("does not fit on an SM")
     return found
@@ -97,12 +129,16 @@ def problems(report) -> list[str]:
 
 def table(rows: list) -> str:
     """A plain-text (markdown) table of compiled-kernel reports."""
-    head = "| arch | kernel | variant | tile | MMA | regs | spills (STL/LDL) | smem KB | CTAs/SM | warps/SM |"
+    head = (
+        "| arch | kernel | variant | tile | MMA | regs | spills (STL/LDL) | smem KB | CTAs/SM | warps/SM "
+        "| TMA loads (UTMALDG) | setmaxnreg |"
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
             f"| sm_{r.arch} | {r.kernel} | {r.variant} | {r.tile} | {', '.join(r.mma) or 'none'} | {r.registers} "
-            f"| {r.spill_stores}/{r.spill_loads} | {r.shared_bytes / 1024:.0f} | {r.ctas_per_sm} | {r.warps_per_sm} |"
+            f"| {r.spill_stores}/{r.spill_loads} | {r.shared_bytes / 1024:.0f} | {r.ctas_per_sm} | {r.warps_per_sm} "
+            f"| {r.tma_loads} | {', '.join(r.register_realloc) or '-'} |"
         )
     return "\n".join(lines)
 

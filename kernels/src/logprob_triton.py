@@ -30,7 +30,7 @@ import torch
 import triton
 import triton.language as tl
 
-from . import tiling
+from . import tiling, variants
 from .logprob_torch import _row_grads
 
 logger = logging.getLogger(__name__)
@@ -234,10 +234,13 @@ def _capability(device: torch.device) -> int | None:
     return 10 * major + minor
 
 
-def _tile(capability: int | None, m: int, dtype: torch.dtype) -> tiling.Tile:
-    if capability is None:
-        return tiling.INTERPRETER_TILE
-    return tiling.choose(capability, m, dtype)
+def _variant(kernel: str, hidden: torch.Tensor, weight: torch.Tensor, with_entropy: bool) -> variants.Variant:
+    """The variant this launch runs (:func:`.variants.choose`), decided on host facts only."""
+    return variants.choose(
+        kernel, _capability(hidden.device), hidden.shape[0], hidden.dtype, with_entropy,
+        variants.tma_compatible(hidden, weight), variants.triton_version(triton.__version__),
+        variants.forced(kernel),
+    )  # fmt: skip
 
 
 def vocab_splits(row_blocks: int, vocab_blocks: int, multiprocessors: int | None) -> int:
@@ -309,12 +312,20 @@ def triton_forward(hidden, weight, targets, inv_temperature, with_entropy):
     """Return ``(row_max, log_sumexp, logprob, entropy)`` in fp32, unmasked (``entropy`` None unless asked)."""
     m = hidden.shape[0]
     capability, multiprocessors = _device_shape(hidden.device)
-    tile = _tile(capability, m, hidden.dtype)
-    splits = forward_splits(m, weight.shape[0], tile, multiprocessors)
+    variant = _variant("forward", hidden, weight, with_entropy)
+    splits = forward_splits(m, weight.shape[0], variant.tile, multiprocessors)
     partial = torch.empty((4, splits, m), dtype=torch.float32, device=hidden.device)
-    forward_launch(
-        hidden, weight, targets, inv_temperature, partial, with_entropy, tile, multiprocessors
-    ).run()
+    if variant.tma:
+        from . import hopper
+
+        launch = hopper.forward_launch(
+            hidden, weight, targets, inv_temperature, partial, with_entropy, variant, multiprocessors
+        )
+    else:
+        launch = forward_launch(
+            hidden, weight, targets, inv_temperature, partial, with_entropy, variant.tile, multiprocessors
+        )
+    launch.run()
     run_max, run_sum, run_sum_shifted, target_logit = partial.unbind(0)
     row_max = run_max.amax(0)
     scale = torch.exp(run_max - row_max)
@@ -330,39 +341,69 @@ def triton_forward(hidden, weight, targets, inv_temperature, with_entropy):
 
 def triton_dlogits(hidden, weight, targets, inv_temperature, row_max, log_sumexp, entropy, g1, g2, out):
     """Write ``d sum(g1 * logprob + g2 * entropy) / d(hidden @ weight.T)`` for these rows into ``out``."""
-    tile = _tile(_capability(hidden.device), hidden.shape[0], hidden.dtype)
-    dlogits_launch(
-        hidden, weight, targets, inv_temperature, row_max, log_sumexp, entropy, g1, g2, out, tile
-    ).run()
+    variant = _variant("dlogits", hidden, weight, entropy is not None)
+    if variant.tma:
+        from . import hopper
+
+        launch = hopper.dlogits_launch(
+            hidden, weight, targets, inv_temperature, row_max, log_sumexp, entropy, g1, g2, out, variant
+        )
+    else:
+        launch = dlogits_launch(
+            hidden, weight, targets, inv_temperature, row_max, log_sumexp, entropy, g1, g2, out, variant.tile
+        )
+    launch.run()
+
+
+# Vocabulary rows per GEMM of the rounded dW fallback: its 16-bit temporary is this x H, not V x H.
+FALLBACK_VOCAB_ROWS = 8192
 
 
 def _accumulate_weight_grad(grad_weight: torch.Tensor, dlogits: torch.Tensor, hidden: torch.Tensor) -> None:
-    """``grad_weight (fp32) += dlogits.T @ hidden``, accumulated in fp32 for any input dtype.
+    """``grad_weight (fp32) += dlogits.T @ hidden``.
 
-    bf16/fp16 operands use an fp32-output GEMM (``out_dtype``), so no chunk's share is rounded
-    to the input dtype; torch builds without it add a rounded per-chunk product instead.
+    bf16/fp16 operands use an fp32-output GEMM (``out_dtype``), so no chunk's share is rounded to
+    the input dtype. Where torch lacks it (:func:`_has_fp32_out_addmm`), each chunk's share is
+    rounded once, then summed in fp32, ``FALLBACK_VOCAB_ROWS`` vocabulary rows at a time: said once.
     """
     if dlogits.dtype == torch.float32:
         grad_weight.addmm_(dlogits.t(), hidden)
     elif _has_fp32_out_addmm(dlogits.device.type):
-        torch.addmm(grad_weight, dlogits.t(), hidden, out_dtype=torch.float32, out=grad_weight)
+        _addmm_fp32(grad_weight, dlogits.t(), hidden)
     else:
-        grad_weight.add_(dlogits.t() @ hidden)
+        _say_rounded_weight_grad(dlogits.device.type, dlogits.dtype, hidden.shape[1])
+        for start in range(0, grad_weight.shape[0], FALLBACK_VOCAB_ROWS):
+            rows = slice(start, start + FALLBACK_VOCAB_ROWS)
+            grad_weight[rows].add_(dlogits[:, rows].t() @ hidden)
+
+
+def _addmm_fp32(out: torch.Tensor, mat1: torch.Tensor, mat2: torch.Tensor) -> None:
+    """``out (fp32) += mat1 @ mat2`` for 16-bit operands, accumulated and written in fp32."""
+    torch.addmm(out, mat1, mat2, out_dtype=torch.float32, out=out)
 
 
 @functools.cache
 def _has_fp32_out_addmm(device_type: str) -> bool:
-    """Whether ``torch.addmm(..., out_dtype=float32)`` takes 16-bit operands on this device type."""
+    """Whether this torch runs :func:`_addmm_fp32` (the very call, ``out=`` included) on 16-bit
+    operands on this device type: CUDA builds of torch >= 2.8 do, CPU builds do not."""
+    a = torch.zeros(16, 16, device=device_type, dtype=torch.bfloat16)
     try:
-        a = torch.zeros(16, 16, device=device_type, dtype=torch.bfloat16)
-        torch.addmm(torch.zeros(16, 16, device=device_type), a, a, out_dtype=torch.float32)
+        _addmm_fp32(torch.zeros(16, 16, device=device_type), a, a)
     except (TypeError, RuntimeError, NotImplementedError):
-        logger.warning(
-            "torch.addmm has no fp32 out_dtype on %s: dW chunks are rounded to bf16/fp16 once each",
-            device_type,
-        )
         return False
     return True
+
+
+@functools.cache
+def _say_rounded_weight_grad(device_type: str, dtype: torch.dtype, h_dim: int) -> None:
+    temporary = FALLBACK_VOCAB_ROWS * h_dim * dtype.itemsize / 2**20
+    logger.warning(
+        "torch %s has no fp32-output addmm (out_dtype) for %s on %s: the log-prob kernel's dW is summed "
+        "in fp32 from per-chunk products rounded to %s once each, "
+        "with a %.0f MiB %s temporary (%d vocabulary rows x H=%d)",
+        torch.__version__, dtype, device_type, str(dtype).removeprefix("torch."), temporary,
+        str(dtype).removeprefix("torch."), FALLBACK_VOCAB_ROWS, h_dim,
+    )  # fmt: skip
 
 
 def check_column_offsets(hidden: torch.Tensor, weight: torch.Tensor) -> None:

@@ -9,8 +9,8 @@ from typing import Literal
 from occ_fast.algorithm.occ import AGGREGATIONS, Aggregation
 from occ_fast.algorithm.rollout_mismatch import IS_LEVELS, ISLevel
 
-Regime = Literal["none", "detach", "ce", "policy", "occ"]
-REGIMES: tuple[str, ...] = ("none", "detach", "ce", "policy", "occ")
+Regime = Literal["none", "detach", "ce", "policy", "occ", "oracle"]
+REGIMES: tuple[str, ...] = ("none", "detach", "ce", "policy", "occ", "oracle")
 Form = Literal["advantage", "loss"]
 FORMS: tuple[str, ...] = ("advantage", "loss")
 
@@ -22,16 +22,18 @@ class LossConfig:
     Attributes:
         mtp_regime: ``none`` (no MTP term), ``detach``/``ce`` (``+ mtp_coef * CE_mtp``; the detach
             itself happens in the model), ``policy`` (``+ mtp_coef * PolicyLoss(mtp)``), ``occ``
-            (MTP policy loss weighted by the calibrated ``lam_t``).
+            (MTP policy loss weighted by the calibrated ``lam_t``), ``oracle`` (a diagnostic, not the
+            method: the MTP policy loss weighted by ``lam_plus * c_cross / v2`` from exact gradients
+            each mini-batch, ``occ_fast.monitoring.cross_fit.oracle_coefficient``; slow).
         mtp_coef: fixed coefficient of the MTP term for ``detach``, ``ce`` (c, paper 0.1) and
             ``policy`` (lam, paper 0.1 .. 1.0). With K heads each head gets ``mtp_coef / K``.
-        occ_lam_plus: global scale of the OCC coefficient (paper text 1.0, reference script 0.1).
+        occ_lam_plus: global scale of the OCC (and oracle) coefficient (paper text 1.0, reference script 0.1).
         mtp_head_ce_coef: ``policy``/``occ`` only, not part of the method: also add
             ``mtp_head_ce_coef / K * CE_mtp`` per head (the ``ce`` term), so that the MTP heads keep
             learning to draft while the calibrated ``lam_t`` is near 0. 0 = as published.
         occ_aggregation: ``paper`` | ``code`` | ``code_masked`` (see ``occ_coefficient``).
         occ_form: ``advantage`` (reference code: MTP advantages times lam) or ``loss`` (paper
-            formula: MTP loss times lam). Equal for lam >= 0, differ for lam < 0.
+            formula: MTP loss times lam), for ``occ`` and ``oracle``. Equal for lam >= 0, differ for lam < 0.
         eps_low, eps_high: clip-higher bounds of the ratio, ``[1 - eps_low, 1 + eps_high]``.
         dual_clip_c: dual-clip bound for negative advantages (> 1).
         tis_cap: truncated importance-sampling cap on ``exp(lp_old - lp_rollout)``; None disables.

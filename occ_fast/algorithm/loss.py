@@ -32,6 +32,7 @@ def compute_loss(
     occ_entries: Tensor | float | None = None,
     sequence_ids: Tensor | None = None,
     num_sequences: int | None = None,
+    oracle_lam: float | None = None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Loss of one micro-batch; all tensors are per response token and share one shape.
 
@@ -52,6 +53,7 @@ def compute_loss(
             own number of entries (right when they are the padded ``[B, R]`` response tensor).
         sequence_ids, num_sequences: the sequence of each token (``0 .. num_sequences - 1``), for
             sequence-level importance weights and the mask band.
+        oracle_lam: the ``oracle`` regime's coefficient, measured outside the loss (required there).
 
     Returns ``(loss, metrics)``. Metrics: ``loss``; ``policy/{loss,clip_low,clip_high,clip_dual}``;
     per head ``mtp{d}/loss`` (its weighted contribution to the loss), ``mtp{d}/coef`` (the weight
@@ -59,7 +61,7 @@ def compute_loss(
     policy-type regimes ``mtp{d}/clip_*``. Token-normalised metrics add up over micro-batches;
     ``lam``, ``c_hat``, ``v2_hat`` are per micro-batch (average them).
     """
-    num_heads = _check_inputs(cfg, lp_mtp, mtp_masks, num_tokens, mtp_num_tokens, lp_rollout)
+    num_heads = _check_inputs(cfg, lp_mtp, mtp_masks, num_tokens, mtp_num_tokens, lp_rollout, oracle_lam)
     is_weights = None
     if lp_rollout is not None:
         is_weights = rollout_is_weights(
@@ -101,8 +103,11 @@ def compute_loss(
             coef = _scalar(cfg.mtp_coef / num_heads, loss)
             term, head_metrics = coef * -token_mean(lp_mtp[k], head_mask, head_tokens), {}
         else:
-            coef = _scalar(cfg.mtp_coef / num_heads, loss) if cfg.mtp_regime == "policy" else occ.lam
-            scale_advantages = cfg.mtp_regime == "occ" and cfg.occ_form == "advantage"
+            if cfg.mtp_regime == "policy":
+                coef = _scalar(cfg.mtp_coef / num_heads, loss)
+            else:
+                coef = occ.lam if cfg.mtp_regime == "occ" else _scalar(float(oracle_lam), loss)
+            scale_advantages = cfg.mtp_regime in ("occ", "oracle") and cfg.occ_form == "advantage"
             head_adv = advantages * coef if scale_advantages else advantages
             head_loss, head_metrics = policy_loss(
                 lp_old, lp_mtp[k], head_adv, head_mask, num_tokens=head_tokens, is_weights=is_weights, **clip
@@ -134,6 +139,7 @@ def _check_inputs(
     num_tokens: Tensor | float | None,
     mtp_num_tokens: Sequence[Tensor | float] | None,
     lp_rollout: Tensor | None,
+    oracle_lam: float | None,
 ) -> int:
     """Shape-free argument checks (no host sync); returns the number of MTP heads."""
     num_heads = len(lp_mtp)
@@ -141,6 +147,10 @@ def _check_inputs(
         raise ValueError(f"got {num_heads} lp_mtp tensors but {len(mtp_masks)} mtp_masks")
     if cfg.mtp_regime == "none" and num_heads:
         raise ValueError(f"mtp_regime='none' but {num_heads} MTP log-prob tensors were given")
+    if (cfg.mtp_regime == "oracle") != (oracle_lam is not None):
+        raise ValueError(
+            "oracle_lam is the oracle regime's coefficient: give it with mtp_regime='oracle' only"
+        )
     if cfg.mtp_regime != "none" and not num_heads:
         raise ValueError(f"mtp_regime={cfg.mtp_regime!r} needs lp_mtp for at least one MTP head")
     if num_tokens is not None and num_heads and (mtp_num_tokens is None or len(mtp_num_tokens) != num_heads):

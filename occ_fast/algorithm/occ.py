@@ -12,8 +12,6 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from occ_fast.algorithm.sequences import per_sequence_sum, sequence_index
-
 Aggregation = Literal["paper", "code", "code_masked"]
 AGGREGATIONS: tuple[str, ...] = ("paper", "code", "code_masked")
 OCC_EPS = 1e-8
@@ -42,10 +40,11 @@ def occ_coefficient(
       - ``paper``: ``lam_plus * sum(d_rl d_mtp m) / (sum(d_mtp^2 m) + 1e-8)``.
       - ``code`` (reference implementation): ``(lam_plus / K) * sum(m * d_rl d_mtp / (d_mtp^2 + 1e-8))
         / (B * R)``: the mean over the micro-batch's padded ``[B, R]`` response tensor (B sequences,
-        R the longest response), padding entries counting as zeros. Pass the tensors either as that
-        ``[B, R]`` tensor (the mean is then over its entries), or as the ``[N]`` scored tokens with
-        ``padded_entries = B * R`` (:func:`padded_response_entries`), which gives the same value
-        whether the micro-batch is packed or padded.
+        R the configured maximum response length: verl pads every response to it), padding entries
+        counting as zeros. Pass the tensors either as that ``[B, R]`` tensor (the mean is then over
+        its entries), or as the ``[N]`` scored tokens with ``padded_entries = B * R``
+        (:func:`padded_response_entries`), which gives the same value whether the micro-batch is
+        packed or padded.
       - ``code_masked``: as ``code``, averaged over valid tokens only.
 
     ``c_hat`` and ``v2_hat`` are the masked token means of ``d_rl * d_mtp`` and ``d_mtp^2`` for every
@@ -80,13 +79,12 @@ def occ_coefficient(
     return OCCStats(lam, c_hat, v2_hat)
 
 
-def padded_response_entries(position_ids: Tensor, response_mask: Tensor, num_samples: int) -> Tensor:
-    """``B * R`` of a micro-batch: its sequence count times its longest response, the size of the
-    ``[B, R]`` response tensor the reference code pads to, for the ``code`` aggregation. The same for
-    the packed and the padded layout (:func:`sequence_index`). No host sync.
-    """
-    lengths = per_sequence_sum(response_mask.reshape(-1).long(), sequence_index(position_ids), num_samples)
-    return (num_samples * lengths.max()).to(torch.float32)
+def padded_response_entries(num_samples: int, max_response_length: int) -> float:
+    """``B * R`` of a micro-batch for the ``code`` aggregation: its sequence count times the configured
+    maximum response length (``rollout.max_new_tokens``). The reference's ``loss_func`` divides by
+    ``responses.size(1)``, and verl pads every response to ``rollout.response_length``, so its mean
+    runs over that length, not over the micro-batch's longest response."""
+    return float(num_samples * max_response_length)
 
 
 class CoefficientLog:

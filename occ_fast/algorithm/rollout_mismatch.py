@@ -28,6 +28,9 @@ MISMATCH_MAXIMA = frozenset(
     {"mismatch/abs_diff_max", "mismatch/seq_log_ratio_max", "mismatch/seq_abs_diff_max"}
 )
 MISMATCH_MINIMA = frozenset({"mismatch/seq_log_ratio_min"})
+MISMATCH_TOKEN_MEANS = (
+    "mismatch/abs_diff_mean", "mismatch/kl_k1", "mismatch/kl_k3", "mismatch/frac_above_threshold"
+)  # fmt: skip
 
 
 def rollout_is_weights(
@@ -79,6 +82,14 @@ def rollout_is_weights(
     return weights
 
 
+def kl_k3(lp_old: Tensor, lp_rollout: Tensor) -> Tensor:
+    """Per-token ``k3 = r - 1 - log r`` with ``log r = lp_old - lp_rollout``, in fp64 (clamped like the
+    other metrics): it is about ``d^2 / 2`` for a difference ``d``, which fp32's ``exp(-d) - 1 + d``
+    loses to rounding below ``|d| ~ 1e-3`` (even negative), and ``expm1`` in fp32 below ``1e-4``."""
+    d = (lp_rollout.double() - lp_old.double()).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)
+    return torch.expm1(-d) + d
+
+
 class MismatchLog:
     """A step's rollout-vs-trainer mismatch, accumulated over micro-batches on the device.
 
@@ -111,7 +122,7 @@ class MismatchLog:
             self._add("tokens", torch.tensor(float(diff.numel()), device=diff.device))
             self._add("abs_diff", abs_diff.sum())
             self._add("k1", diff.sum())
-            self._add("k3", (torch.exp(-diff) - 1.0 + diff).sum())
+            self._add("k3", kl_k3(lp_old, lp_rollout).sum())
             self._add("above", (abs_diff > self.threshold).sum().float())
             if diff.numel():
                 self._extreme(self.maxima, "abs_diff_max", abs_diff.max(), torch.maximum)
@@ -123,14 +134,15 @@ class MismatchLog:
         tokens = float(self.sums["tokens"]) if "tokens" in self.sums else 0.0
         if tokens == 0:
             return {}
-        out = {
-            "mismatch/abs_diff_mean": float(self.sums["abs_diff"]) / tokens,
-            "mismatch/kl_k1": float(self.sums["k1"]) / tokens,
-            "mismatch/kl_k3": float(self.sums["k3"]) / tokens,
-            "mismatch/frac_above_threshold": float(self.sums["above"]) / tokens,
-        }
+        sums = (self.sums[key] for key in ("abs_diff", "k1", "k3", "above"))
+        out = {name: float(total) / tokens for name, total in zip(MISMATCH_TOKEN_MEANS, sums)}
         out |= {f"mismatch/{k}": float(v) for k, v in (self.maxima | self.minima).items()}
         return out
+
+    def weights(self) -> dict[str, float]:
+        """The token count behind every token mean of :meth:`summary`, to combine ranks by."""
+        tokens = float(self.sums["tokens"]) if "tokens" in self.sums else 0.0
+        return {key: tokens for key in MISMATCH_TOKEN_MEANS}
 
     def _add(self, key: str, value: Tensor) -> None:
         self.sums[key] = self.sums[key] + value if key in self.sums else value

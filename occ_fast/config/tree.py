@@ -89,11 +89,11 @@ class MTPConfig:
     """How the MTP heads are trained alongside the policy (method.md sections 5 and 7)."""
 
     regime: Regime = "occ"
-    """none | detach (c * CE, MTP input detached) | ce (c * CE, joint) | policy (fixed lam) | occ (calibrated lam)."""
+    """none | detach (c * CE, MTP input detached) | ce (c * CE, joint) | policy (fixed lam) | occ (calibrated lam) | oracle (diagnostic, not the method: lam = lam_plus * c_cross / v2 from exact gradients every mini-batch; slow, single process)."""
     coef: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.1
     """Fixed MTP coefficient for detach/ce (c, paper 0.1) and policy (lam, 0.1 .. 1.0); split evenly over K heads."""
     lam_plus: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0
-    """OCC global scale lam_plus (paper text 1.0, reference script 0.1)."""
+    """OCC global scale lam_plus, also the oracle's (paper text 1.0, reference script 0.1)."""
     aggregation: Aggregation = "paper"
     """OCC proxy aggregation: paper (ratio of sums) | code (reference code, padding counts) | code_masked."""
     form: Form = "advantage"
@@ -103,7 +103,7 @@ class MTPConfig:
     head_ce_coef: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0
     """policy/occ only, not part of the method: also add head_ce_coef * the MTP heads' cross-entropy (as ce does), so the draft heads keep training while lam is near 0; 0 = as published."""
     exact_every: Annotated[int, Field(ge=0)] = 0
-    """Every N RL steps also measure the exact <g_RL, g_MTP> and ||g_MTP||^2 (two extra backwards); 0 = never."""
+    """Every N RL steps also measure the exact <g_RL, g_MTP> and ||g_MTP||^2, same-sample and cross-fitted, the CE gradient's c and the one-step gain (extra backwards and optimizer steps, undone); 0 = never."""
 
     @property
     def detach_trunk(self) -> bool:
@@ -149,7 +149,7 @@ class RolloutConfig:
     """How completions are sampled."""
 
     engine: Literal["transformers", "vllm"] = "transformers"
-    """Rollout engine: 'transformers' (runs anywhere) or 'vllm' (CUDA, needs occ-fast[vllm])."""
+    """Rollout engine: 'transformers' (runs anywhere) or 'vllm' (needs occ-fast[vllm] on CUDA, or vLLM's CPU build, which runs plain rollouts only: no rollout.speculative)."""
     temperature: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0
     """Sampling temperature; > 0 (the policy loss needs the log-probs of a real distribution)."""
     top_p: Annotated[float, Field(gt=0, le=1)] = 1.0
@@ -162,8 +162,14 @@ class RolloutConfig:
     """Samples per prompt: the GRPO group size; >= 2."""
     batch_size: Annotated[int, Field(ge=1)] = 64
     """Sequences the transformers engine generates at once (memory bound only: results do not depend on it)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """vLLM: the engine's weights and compute; 'auto' = the trainer's compute dtype (model.dtype, bf16 under train.bf16_autocast on CUDA), so that rollout and trainer log-probs agree to that precision."""
+    enforce_eager: bool | None = None
+    """vLLM: no torch.compile or CUDA graphs (faster start, slower decoding); None = on for a CPU engine (it starts in seconds instead of compiling), off on GPU."""
+    kv_cache_gib: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    """vLLM: KV-cache size in GiB (vLLM's kv_cache_memory_bytes; overrides gpu_memory_utilization); None = 1 GiB on a CPU engine, on GPU the share gpu_memory_utilization."""
     gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] = 0.5
-    """vLLM: share of GPU memory its KV cache may take while awake (it sleeps during training)."""
+    """vLLM on GPU: share of GPU memory the engine (weights and KV cache) may take while awake (it sleeps during training); unused when rollout.kv_cache_gib is set, and on a CPU engine."""
     max_model_len: int | None = None
     """vLLM: longest prompt + completion; None takes the model's own limit."""
     speculative: Literal["none", "mtp"] = "none"
@@ -172,8 +178,8 @@ class RolloutConfig:
     """vLLM: draft tokens per step when rollout.speculative='mtp' (MiMo-format heads draft 1: vLLM's MiMo drafter runs depth 1 only, more is capped with a warning)."""
     sleep_level: Literal[1, 2] = 1
     """vLLM sleep mode between rollouts: 1 offloads weights to CPU, 2 discards them (re-sent by the sync)."""
-    sync_check_threshold: float = 0.1
-    """vLLM: mean |log-prob| difference between engine and trainer on a probe above which a sync fails loudly."""
+    sync_check_threshold: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    """vLLM: mean |log-prob| difference between engine and trainer on a probe above which a sync stops the run; None = by the engine's dtype (float32 1e-3, float16 0.05, bfloat16 0.1)."""
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 
 import torch
 import torch.distributed as dist
@@ -48,19 +48,26 @@ def gather_metrics(
     sums: Collection[str] = (),
     mins: Collection[str] = (),
     maxs: Collection[str] = (),
+    weights: Mapping[str, float] = {},
 ) -> dict[str, float]:
     """Per-rank metrics combined over ranks: the mean, or the total for the keys in ``sums``
-    (counters), the minimum for ``mins`` and the maximum for ``maxs``.
+    (counters), the minimum for ``mins``, the maximum for ``maxs``, and for the keys in ``weights``
+    the mean weighted by this rank's weight (a token mean weighted by the rank's token count is the
+    token mean over every rank's tokens; ranks rarely hold equally many).
 
     A key that only some ranks report is combined over those ranks. Every rank gets the result."""
     if not dist.is_initialized():
         return dict(metrics)
-    gathered: list[dict[str, float] | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, {k: float(v) for k, v in metrics.items()})
+    gathered: list[tuple[dict[str, float], dict[str, float]] | None] = [None] * dist.get_world_size()
+    mine = {k: float(v) for k, v in metrics.items()}
+    dist.all_gather_object(gathered, (mine, {k: float(weights[k]) for k in mine if k in weights}))
     out: dict[str, float] = {}
-    for key in sorted({k for m in gathered for k in m}):
-        values = [m[key] for m in gathered if key in m]
-        if key in sums:
+    for key in sorted({k for m, _ in gathered for k in m}):
+        values = [m[key] for m, _ in gathered if key in m]
+        weighted = [(m[key], w[key]) for m, w in gathered if w.get(key, 0.0) > 0]  # skip empty ranks
+        if weighted:
+            out[key] = sum(v * w for v, w in weighted) / sum(w for _, w in weighted)
+        elif key in sums:
             out[key] = sum(values)
         elif key in mins:
             out[key] = min(values)

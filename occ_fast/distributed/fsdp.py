@@ -24,14 +24,23 @@ def shard_model(
     activation_checkpointing: bool = False,
 ) -> MTPModel:
     """Apply FSDP2 (``fully_shard``) in place: one group per trunk decoder layer, one per MTP depth,
-    then the root (the embedding, ``lm_head``, the final norm).
+    one for an untied token embedding, then the root (``lm_head``, the final norm).
 
-    ``lm_head`` and the embedding stay in the root group, which is never resharded after forward:
-    the root's pre-forward hook all-gathers them, :meth:`MTPModel.forward` hands the full
+    The embedding's group is sharded outside its forward (one call feeds the trunk and the MTP
+    inputs) and its backward. ``lm_head`` stays in the root group, which is never resharded after
+    forward: the root's pre-forward hook all-gathers it, :meth:`MTPModel.forward` hands the full
     ``get_output_embeddings().weight`` out in its output, and the fused log-prob kernel that runs
     *after* the forward (and its backward) reads that full tensor; the root reshards and
-    reduce-scatters its gradient when backward ends. A tied embedding/``lm_head`` is one parameter
-    of that one group. ``reshard_after_forward`` applies to the layer groups only.
+    reduce-scatters its gradient when backward ends. Why not a group of its own (memory model):
+    the kernel needs the whole ``[V, H]`` matrix in its forward and at the start of backward, which
+    is where memory peaks (every activation saved, plus the kernel's fp32 ``dW`` and ``dlogits``
+    chunk), so its own group would be all-gathered at the same two moments and leave that peak as
+    it is; it could free only the matrix and its 16-bit gradient during the trunk's backward, when
+    the freed activations already make room. The embedding, by contrast, sat unsharded through the
+    peak: sharding it lowers the peak by ``V x H x 2`` bytes (1.09 GB for an untied Qwen2-7B,
+    V = 152064, H = 3584) for a few extra all-gathers of its shard per micro-batch. A tied
+    embedding is ``lm_head``: one parameter, in the root. ``reshard_after_forward`` applies to the
+    layer groups only.
 
     Gradients are *summed* over ranks, not averaged (FSDP's default): each rank's loss is already
     divided by the global token count (:func:`global_sum`), so the sum is the single-process gradient.
@@ -61,15 +70,20 @@ def shard_model(
     layers = [*decoder_of(model.base).layers, *model.mtp]
     for layer in layers:
         fully_shard(layer, mesh=mesh, reshard_after_forward=reshard_after_forward, mp_policy=policy)
+    embedding = model.base.get_input_embeddings()
+    units = [embedding] if embedding.weight is not model.base.get_output_embeddings().weight else []
+    for unit in units:
+        fully_shard(unit, mesh=mesh, reshard_after_forward=True, mp_policy=policy)
     fully_shard(model, mesh=mesh, reshard_after_forward=False, mp_policy=policy)
-    for module in (*layers, model):
+    for module in (*layers, *units, model):
         module.set_gradient_divide_factor(1.0)
         module.set_force_sum_reduction_for_comms(True)  # a plain SUM: gloo has no pre-multiplied sum
     logger.info(
-        "FSDP2 over %d ranks (%s): %d layer groups + root; %s; activation checkpointing %s",
+        "FSDP2 over %d ranks (%s): %d layer groups%s + root; %s; activation checkpointing %s",
         dist.get_world_size(),
         device_type,
         len(layers),
+        " + the embedding" if units else "",
         "bf16 params / fp32 reduce" if mixed_precision else "fp32",
         "on" if model.base.is_gradient_checkpointing else "off",
     )

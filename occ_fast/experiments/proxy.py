@@ -138,6 +138,10 @@ def summarize_rows(rows: list[dict[str, float]]) -> dict[str, float]:
         return {"rows": 0}
     col = {key: [r[key] for r in rows] for key in ROW_KEYS}
     ratios = [p / g for p, g in zip(col["lam_proxy"], col["gap_form"]) if g != 0]
+    # The proxy's other part, sum(d_rl^2) / sum(d_mtp^2) with d_mtp = gap + d_rl, is about
+    # rms(d_rl)^2 / (rms(d_rl)^2 + rms(gap)^2) when d_rl and gap are nearly uncorrelated (corr ~ 0).
+    other = [d * d / (d * d + g * g) for d, g in zip(col["rms_d_rl"], col["rms_gap"]) if d or g]
+    over_other = [abs(p) / o for p, o in zip(col["lam_proxy"], other) if o > 0]
     exact = proxy_exact_correlation(
         [{"exact/lam_star": s, "exact/lam_proxy": p} for s, p in zip(col["lam_star"], col["lam_proxy"])]
     )
@@ -148,6 +152,8 @@ def summarize_rows(rows: list[dict[str, float]]) -> dict[str, float]:
         "median_abs_lam_star": statistics.median(abs(x) for x in col["lam_star"]),
         "pearson_proxy_gap_form": pearson(col["lam_proxy"], col["gap_form"]),
         "median_proxy_over_gap_form": statistics.median(ratios) if ratios else math.nan,
+        "median_other_part": statistics.median(other) if other else math.nan,
+        "median_abs_proxy_over_other_part": statistics.median(over_other) if over_other else math.nan,
         "pearson_proxy_lam_star": exact["exact/proxy_pearson"],
         "sign_agreement_proxy_lam_star": exact["exact/proxy_sign_agreement"],
     }
@@ -158,22 +164,26 @@ def write_summary(path: Path, results: dict[str, Any]) -> None:
     lines = [
         f"Measured by `{results['command']}` ({results.get('preset', 'tiny')} preset, `occ`, {results['steps']} RL steps, exact "
         f"diagnostics every {results['exact_every']} steps on the last mini-batch; medians over the "
-        "diagnosed steps; `gap form` = corr(d_rl, gap) · rms(d_rl) / rms(gap)):",
+        "diagnosed steps; `gap form` = corr(d_rl, gap) · rms(d_rl) / rms(gap); `other part` = "
+        "rms(d_rl)² / (rms(d_rl)² + rms(gap)²), the proxy's remaining term sum(d_rl²) / sum(d_mtp²) "
+        "when d_rl and the gap are nearly uncorrelated):",
         "",
         "| lr | steps diagnosed | proxy lam | exact lam* | gap form | Pearson(proxy, gap form) "
-        "| proxy / gap form | Pearson(proxy, lam*) | sign agreement | rms(d_rl) | rms(gap) | corr(d_rl, gap) |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| proxy / gap form | Pearson(proxy, lam*) | sign agreement | rms(d_rl) | rms(gap) | corr(d_rl, gap) "
+        "| other part | \\|proxy\\| / other part |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for lr, s in results["summary"].items():
         if not s["rows"]:
-            lines.append(f"| {lr} | 0 | – | – | – | – | – | – | – | – | – | – |")
+            lines.append(f"| {lr} | 0 |" + " – |" * 12)
             continue
         lines.append(
             f"| {lr} | {s['rows']} | {s['median_lam_proxy']:+.4f} | {s['median_lam_star']:+.3f} "
             f"| {s['median_gap_form']:+.4f} | {s['pearson_proxy_gap_form']:.3f} "
             f"| {s['median_proxy_over_gap_form']:.2f} | {s['pearson_proxy_lam_star']:+.3f} "
             f"| {s['sign_agreement_proxy_lam_star']:.2f} | {s['median_rms_d_rl']:.4f} "
-            f"| {s['median_rms_gap']:.2f} | {s['median_corr']:+.3f} |"
+            f"| {s['median_rms_gap']:.2f} | {s['median_corr']:+.3f} | {s['median_other_part']:.5f} "
+            f"| {s['median_abs_proxy_over_other_part']:.1f} |"
         )
     lines += ["", reading(results["summary"])]
     path.write_text("\n".join(lines) + "\n")
@@ -212,7 +222,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not results_path.is_file():
             console.print(f"[bold red]--summarize-only: {results_path} not found[/]")
             return 2
-        write_summary(args.output / "summary.md", json.loads(results_path.read_text()))
+        results = json.loads(results_path.read_text())
+        results["summary"] = {
+            lr: summarize_rows(r) for lr, r in results["rows"].items()
+        }  # this code's figures
+        write_summary(args.output / "summary.md", results)
         return 0
     try:
         configs = {lr: parse_config(run_argv(args, lr)) for lr in args.lrs}

@@ -77,6 +77,7 @@ from occ_fast.avg_at_k import evaluate
 from occ_fast.checkpointing.files import find_latest
 from occ_fast.config import Config, ConfigError, parse_config
 from occ_fast.eval import load_causal_lm
+from occ_fast.experiments.paired import comparison_lines
 from occ_fast.model import save_mtp_model
 from occ_fast.monitoring.metrics import read_metrics
 from occ_fast.rewards import RewardScorer
@@ -428,11 +429,6 @@ def reading_lines(results: dict[str, Any]) -> list[str]:
         gain = statistics.mean(s["heldout_accuracy"]["mean"] for s in summary.values()) - statistics.mean(
             starts
         )
-        below = [n for n in others if all(
-            r["heldout_accuracy"] < ref["heldout_accuracy"]
-            for r in results["runs"] if r["setting"] == n
-            for ref in results["runs"] if ref["setting"] == reference and ref["seed"] == r["seed"]
-        )]  # fmt: skip
         lines.append(
             f"Largest paired difference in held-out accuracy from `{reference}`: {others[worst]:+.3f} (`{worst}`)"
             + (
@@ -441,10 +437,29 @@ def reading_lines(results: dict[str, Any]) -> list[str]:
                 else ""
             )
             + f"; held-out gain over the warm start (mean over settings): {gain:+.3f}."
-            + (f" Below `{reference}` on every seed: {', '.join(f'`{n}`' for n in below)}." if below else "")
         )
+    lines += arm_lines(results)
     if "note" in results:
         lines.append(f"Note: {results['note']}")
+    return lines
+
+
+def arm_lines(results: dict[str, Any]) -> list[str]:
+    """Every setting against the reference the same way (:mod:`occ_fast.experiments.paired`), for
+    held-out accuracy and final reward, and the sign of OCC's final lam seed by seed."""
+    reference, names = results["settings"][0], list(results["summary"])
+    lines = []
+    for key, title in (("heldout_accuracy", "held-out accuracy"), ("final_reward", "final reward")):
+        lines += ["", f"Every setting against `{reference}`, paired by seed ({title}):", ""]
+        lines += comparison_lines(results["runs"], reference, names, key)
+    for name in names:
+        lams = [r["final_lam"] for r in results["runs"] if r["setting"] == name and r["regime"] == "occ"]
+        lams = [lam for lam in lams if lam is not None]
+        if len(lams) > 1:
+            lines.append(
+                f"\n`{name}` final lam: positive on {sum(lam > 0 for lam in lams)} of {len(lams)} seeds, "
+                f"mean {statistics.mean(lams):+.4f}, std {statistics.stdev(lams):.4f}."
+            )
     return lines
 
 

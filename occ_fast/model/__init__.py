@@ -1,7 +1,7 @@
 """The MTP model: a Hugging Face causal LM with K chained MTP heads, their rows for the fused
 log-prob kernel, and loading/saving of MiMo- and DeepSeek-style checkpoints."""
 
-from .backends import apply_liger, choose_attn_implementation
+from .backends import apply_liger, choose_attn_implementation, describe_liger, liger_counts
 from .checkpoint import (
     ModelDirError,
     MTPCheckpointError,
@@ -26,6 +26,8 @@ __all__ = [
     "ModelDirError",
     "Naming",
     "apply_liger",
+    "describe_liger",
+    "liger_counts",
     "build_head_rows",
     "check_model_dir",
     "choose_attn_implementation",

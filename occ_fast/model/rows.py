@@ -75,23 +75,30 @@ def head_logprobs(
     temperature: float | torch.Tensor = 1.0,
     return_entropy: bool = False,
     impl: str = "auto",
+    compute_dtype: torch.dtype | None = None,
 ) -> list[LinearLogprobOutput]:
     """Per-token log-probs (and entropy) of every head: ``[N]`` each, head 0 = main.
 
     ``temperature``: a float or a per-token ``[N]`` tensor, the same for every head. All heads go
     through one fused call when they share ``weight``. With ``detach_lm_head`` the MTP rows need a
     detached weight, so they take a second call: ``W`` is read twice and the MTP rows add no ``dW``.
+
+    ``compute_dtype`` (the autocast dtype): rows and weight go to the kernel in it. Under autocast an
+    fp32 model's final norm hands out fp32 rows; fed as they are, the kernel would take its 3xTF32
+    path. The cast weight is a ``[V, H]`` 16-bit copy held until backward, as autocast's own
+    linear layers hold theirs; its gradient reaches the fp32 weight.
     """
     heads = len(rows.hiddens)
+    hiddens = [h.to(compute_dtype or h.dtype) for h in rows.hiddens]
+    weight = out.weight.to(compute_dtype or out.weight.dtype)
+    mtp_weight = weight if out.mtp_weight is out.weight else out.mtp_weight.to(weight.dtype)
 
     def per_head(n: int) -> float | list[torch.Tensor]:
         return [temperature] * n if isinstance(temperature, torch.Tensor) else temperature
 
     kwargs = {"ignore_index": rows.ignore_index, "return_entropy": return_entropy, "impl": impl}
-    if out.mtp_weight is out.weight:
-        return heads_logprob(rows.hiddens, out.weight, rows.targets, temperature=per_head(heads), **kwargs)
-    main = linear_logprob(rows.hiddens[0], out.weight, rows.targets[0], temperature=temperature, **kwargs)
-    mtp = heads_logprob(
-        rows.hiddens[1:], out.mtp_weight, rows.targets[1:], temperature=per_head(heads - 1), **kwargs
-    )
+    if mtp_weight is weight:
+        return heads_logprob(hiddens, weight, rows.targets, temperature=per_head(heads), **kwargs)
+    main = linear_logprob(hiddens[0], weight, rows.targets[0], temperature=temperature, **kwargs)
+    mtp = heads_logprob(hiddens[1:], mtp_weight, rows.targets[1:], temperature=per_head(heads - 1), **kwargs)
     return [main, *mtp]

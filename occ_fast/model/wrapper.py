@@ -119,16 +119,18 @@ class MTPModel(nn.Module):
         hook = None
         if with_mtp and self.mtp and HIDDEN_INPUT[self.naming] == "pre_norm":
             hook = decoder.norm.register_forward_pre_hook(lambda _, args: pre_norm.append(args[0]))
+        # One embedding call feeds the trunk and the MTP inputs: under FSDP2 the embedding is a unit of
+        # its own, all-gathered once per forward (and once in backward, when its gradient is due).
+        embeds = self.base.get_input_embeddings()(input_ids)
         try:
             hidden = decoder(
-                input_ids=run(input_ids), position_ids=run(layout.position_ids), use_cache=False, **attn
+                inputs_embeds=run(embeds), position_ids=run(layout.position_ids), use_cache=False, **attn
             ).last_hidden_state
         finally:
             if hook is not None:
                 hook.remove()
         hidden = back(hidden)
 
-        embeds = self.base.get_input_embeddings()(input_ids)
         previous = back(pre_norm[-1]) if pre_norm else hidden
         previous = previous.detach() if self.detach_trunk else previous
         if self.detach_trunk or self.detach_lm_head:

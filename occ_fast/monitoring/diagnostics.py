@@ -28,6 +28,7 @@ from occ_fast.algorithm.occ import gap_form
 from occ_fast.algorithm.rollout_mismatch import rollout_is_weights
 from occ_fast.algorithm.sequences import sequence_index
 from occ_fast.model import MTPModel
+from occ_fast.monitoring.cross_fit import cross_fitted_stats, one_step_gain
 from occ_fast.policy.batching import MicroBatch
 from occ_fast.policy.forward import policy_logprobs
 
@@ -43,14 +44,17 @@ def exact_gradient_stats(
     num_tokens: Tensor | float,
     mtp_num_tokens: Sequence[Tensor | float],
     temperature: float,
+    max_response_length: int,
     shared_params: Iterable[nn.Parameter] | None = None,
     autocast_dtype: torch.dtype | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> dict[str, float]:
     """Exact ``c``, ``v2``, ``lam* / lam_plus`` on the shared parameters next to the OCC proxy on the same data.
 
     The arguments are those of one mini-batch as ``train.update_mini_batch`` uses them: its
     micro-batches, their main-head ``lp_old`` (scored-token order), the mini-batch token counts
-    (``num_tokens`` for the main loss, ``mtp_num_tokens`` per MTP head) and the rollout temperature.
+    (``num_tokens`` for the main loss, ``mtp_num_tokens`` per MTP head), the rollout temperature and
+    its maximum response length (``rollout.max_new_tokens``, the ``code`` aggregation's R).
 
     ``g_RL`` is the gradient of the main ``PolicyLoss(lp_old, lp_main, A)``; ``g_MTP`` that of the
     MTP depth-1 term with unit coefficient, ``PolicyLoss(lp_old, lp_mtp1, A)`` (the term whose weight
@@ -66,7 +70,11 @@ def exact_gradient_stats(
     logs as ``mtp/lam``, ``mtp/c_hat``, ``mtp/v2_hat`` for these micro-batches at these weights;
     ``exact/{corr, rms_d_rl, rms_gap, gap_form}``: ``occ_fast.algorithm.occ.gap_form`` of their
     ``d_rl = lp_main - lp_old`` and ``gap = lp_mtp - lp_main`` (what the proxy reduces to);
-    ``exact/time_s`` (the exact pass) and ``exact/time_ratio`` (over one normal training
+    ``exact/{c_cross, v2_cross, lam_star_cross, c_ce, c_ce_cross, v2_ce, v2_ce_cross}``: the
+    cross-fitted values and the CE gradient's (``occ_fast.monitoring.cross_fit``; the same-sample
+    ``c`` is biased upward); ``exact/gain`` with ``optimizer``: the held-out loss change the MTP
+    term makes in one step of it (:func:`~occ_fast.monitoring.cross_fit.one_step_gain`);
+    ``exact/time_s`` (the exact and cross-fitted passes) and ``exact/time_ratio`` (over one normal training
     forward+backward of the same micro-batches, which this function also runs and times; it runs
     first, so it also pays any one-off kernel warm-up).
 
@@ -96,21 +104,35 @@ def exact_gradient_stats(
                     num_tokens,
                     mtp_num_tokens,
                     temperature,
+                    max_response_length,
                     autocast_dtype,
                 ),
             )
-            exact_s, (c, v2, rl2) = _timed(
+            exact_s, ((c, v2, rl2), cross) = _timed(
                 device,
-                lambda: _exact_pass(
-                    model,
-                    micros,
-                    old_logprobs,
-                    params,
-                    loss_cfg,
-                    num_tokens,
-                    mtp_num_tokens[0],
-                    temperature,
-                    autocast_dtype,
+                lambda: (
+                    _exact_pass(
+                        model,
+                        micros,
+                        old_logprobs,
+                        params,
+                        loss_cfg,
+                        num_tokens,
+                        mtp_num_tokens[0],
+                        temperature,
+                        autocast_dtype,
+                    ),
+                    _cross_fitted(
+                        model,
+                        optimizer,
+                        micros,
+                        old_logprobs,
+                        params,
+                        loss_cfg,
+                        temperature,
+                        max_response_length,
+                        autocast_dtype,
+                    ),  # fmt: skip
                 ),
             )
     finally:
@@ -126,9 +148,33 @@ def exact_gradient_stats(
         "exact/c_hat": c_hat,
         "exact/v2_hat": v2_hat,
         **{f"exact/{name}": float(value) for name, value in gap.items()},
+        **cross,
         "exact/time_s": exact_s,
         "exact/time_ratio": exact_s / baseline_s,
     }
+
+
+def _cross_fitted(
+    model, optimizer, micros, old_logprobs, params, loss_cfg, temperature, max_response_length, autocast_dtype
+) -> dict[str, float]:
+    """The cross-fitted values (without the same-sample ones, logged already) and, with an optimizer,
+    the measured one-step gain; ``exact/``-prefixed."""
+    cross = cross_fitted_stats(
+        model,
+        micros,
+        old_logprobs,
+        params,
+        loss_cfg=loss_cfg,
+        temperature=temperature,
+        autocast_dtype=autocast_dtype,
+    )
+    out = {f"exact/{k}": v for k, v in cross.items() if k not in ("c", "v2")}
+    if optimizer is not None:
+        out["exact/gain"] = one_step_gain(
+            model, optimizer, micros, old_logprobs, loss_cfg=loss_cfg, temperature=temperature,
+            max_response_length=max_response_length, autocast_dtype=autocast_dtype,
+        )  # fmt: skip
+    return out
 
 
 def proxy_exact_correlation(rows: Iterable[Mapping[str, float]]) -> dict[str, float]:
@@ -171,6 +217,7 @@ def _training_pass(
     num_tokens: Tensor | float,
     mtp_num_tokens: Sequence[Tensor | float],
     temperature: float,
+    max_response_length: int,
     autocast_dtype: torch.dtype | None,
 ) -> tuple[tuple[Tensor, Tensor, Tensor], dict[str, Tensor]]:
     """One forward+backward as ``update_mini_batch`` runs it, gradients discarded: the cost reference,
@@ -193,9 +240,10 @@ def _training_pass(
             num_tokens=num_tokens,
             mtp_num_tokens=mtp_num_tokens,
             lp_rollout=out.gather(micro.rollout_logprobs),
-            occ_entries=padded_response_entries(micro.position_ids, micro.response_mask, micro.num_samples),
+            occ_entries=padded_response_entries(micro.num_samples, max_response_length),
             sequence_ids=out.gather(sequence_index(micro.position_ids)),
             num_sequences=micro.num_samples,
+            oracle_lam=0.0 if loss_cfg.mtp_regime == "oracle" else None,  # its value changes no metric here
         )
         torch.autograd.grad(loss, params, allow_unused=True)
         lams.append(metrics["mtp1/lam"])
@@ -326,7 +374,8 @@ def _check_inputs(
             f"exact_gradient_stats: mtp_num_tokens needs one count per MTP head ({model.num_mtp}), "
             f"got {len(mtp_num_tokens)}"
         )
-    if dist.is_available() and dist.is_initialized():
+    # By world size, not by a process group existing: vLLM makes one of size 1 in a single process.
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         raise NotImplementedError(
             "exact_gradient_stats runs in a single process: under FSDP the gradient dot products "
             "would need the shards reduced across ranks"

@@ -73,7 +73,10 @@ def forecast(sums: Mapping[str, float | torch.Tensor]) -> dict[str, float]:
     ``spec/forecast_acceptance_rate_n{n}`` (accepted / drafted tokens) and
     ``spec/forecast_mean_acceptance_length_n{n}`` (1 + accepted tokens per draft). For ``n = 1`` they
     follow the decoding schedule (exact for greedy rollouts); for ``n >= 2`` they average over every
-    draft position (the schedule there depends on each depth's hits in turn)."""
+    draft position (the schedule there depends on each depth's hits in turn). With two depths or more,
+    ``spec/forecast_acceptance_rate_pos{i}``: the share of draft positions whose first ``i + 1`` drafts
+    are all accepted, vLLM's per-position figure (``rollout/spec_acceptance_rate_pos{i}``), averaged
+    over every draft position."""
     out: dict[str, float] = {}
     accepted = 0.0
     drafts = float(sums.get("count/spec_drafts", 0.0))
@@ -90,4 +93,24 @@ def forecast(sums: Mapping[str, float | torch.Tensor]) -> dict[str, float]:
         if per_draft is not None:
             out[f"spec/forecast_acceptance_rate_n{k}"] = per_draft / k
             out[f"spec/forecast_mean_acceptance_length_n{k}"] = 1.0 + per_draft
+    depths = k - 1
+    if drafts > 0 and depths > 1:  # beside vLLM's rollout/spec_acceptance_rate_pos{i}
+        for d in range(1, depths + 1):
+            out[f"spec/forecast_acceptance_rate_pos{d - 1}"] = (
+                float(sums[f"count/spec_accepted_d{d}"]) / drafts
+            )
+    return out
+
+
+def forecast_weights(sums: Mapping[str, float | torch.Tensor]) -> dict[str, float]:
+    """What each :func:`forecast` figure is a mean over, to combine ranks by: depth k's rows for its
+    hit rate, the visited positions for ``n = 1``, every draft position for ``n >= 2``."""
+    out: dict[str, float] = {}
+    for k in count(1):
+        if f"count/spec_rows_d{k}" not in sums:
+            break
+        out[f"mtp/top1_depth{k}"] = float(sums[f"count/spec_rows_d{k}"])
+        positions = float(sums["count/spec_visited" if k == 1 else "count/spec_drafts"])
+        for name in ("acceptance_rate", "mean_acceptance_length"):
+            out[f"spec/forecast_{name}_n{k}"] = positions
     return out

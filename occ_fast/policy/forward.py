@@ -39,7 +39,8 @@ def policy_logprobs(
     autocast_dtype: torch.dtype | None = None,
 ) -> HeadOutputs:
     """Log-probs (at the rollout temperature, as the sampler used it) of every head on ``batch``;
-    of the main head alone with ``with_mtp=False`` (the MTP depths are then not run at all)."""
+    of the main head alone with ``with_mtp=False`` (the MTP depths are then not run at all). Under
+    ``autocast_dtype`` the fused head runs in it too (:func:`head_logprobs`)."""
     with torch.autocast(
         batch.input_ids.device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None
     ):
@@ -50,5 +51,7 @@ def policy_logprobs(
             with_mtp=with_mtp,
         )
     rows = build_head_rows(out, batch.input_ids, batch.response_mask)
-    heads = head_logprobs(out, rows, temperature=temperature, return_entropy=with_entropy)
+    heads = head_logprobs(
+        out, rows, temperature=temperature, return_entropy=with_entropy, compute_dtype=autocast_dtype
+    )
     return HeadOutputs(rows, heads)

@@ -9,11 +9,10 @@ weights to CPU and drops the KV cache; level 2 drops weights too (no CPU copy ei
 relies on :meth:`VLLMEngine.sync_weights`, which the trainer calls after every optimizer step anyway.
 Elsewhere the engine stays awake.
 
-Versions: plain rollouts need 0.10.2 (``logprobs_mode``); MTP speculative rollouts need 0.11.1
-(``method="mtp"`` is accepted from 0.11.0, and the log-probs of speculatively decoded tokens are
-right from 0.11.1). vLLM drafts with the MTP heads of two formats only: MiMo (``architectures:
-[MiMoForCausalLM]``, one draft token: its drafter runs depth 1 only) and DeepSeek-V3
-(``model_type: deepseek_v3``/``deepseek_v32``).
+Versions: :mod:`occ_fast.rollout.vllm_rules` (plain rollouts from 0.10.2, MTP drafts from 0.13.0;
+0.25.x drafts on its V1 model runner). vLLM drafts with the MTP heads of two formats only: MiMo
+(``architectures: [MiMoForCausalLM]``, one draft token: its drafter runs depth 1 only) and DeepSeek-V3
+(``model_type: deepseek_v3``/``deepseek_v32``). Tensor parallelism is refused (:data:`TP_REFUSAL`).
 
 Log-probs: vLLM returns, by default, log-probs of the *raw* logits (before temperature and top-k/p).
 We ask for ``logprobs_mode="processed_logprobs"``: those of the distribution actually sampled from,
@@ -30,20 +29,34 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from packaging.version import Version
 
 from occ_fast.checkpointing.files import capture_rng_state, restore_rng_state
 from occ_fast.model import naming as names
 from occ_fast.rollout.base import FinishReason, ProgressCallback, RolloutResult, SamplingParams
+from occ_fast.rollout.drafter_probe import (
+    DRAFTER_TOLERANCES,
+    PROBE_TOKENS,
+    check_drafter,
+    probe_prompts,
+    replay_greedy_drafts,
+)
+from occ_fast.rollout.vllm_rules import INSTALL_HINT, V2_RUNNER_ENV, check_version
 
 logger = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install 'occ-fast[vllm]' (Linux + CUDA only)"
 _FINISH: dict[str, FinishReason] = {"stop": "eos", "length": "length"}
 _SPEC = "vllm:spec_decode_num_"
 NamedTensors = list[tuple[str, torch.Tensor]]
-MIN_VERSION = "0.10.2"  # logprobs_mode="processed_logprobs"
-MIN_MTP_VERSION = "0.11.1"  # method="mtp" from 0.11.0; right log-probs of speculative tokens from 0.11.1
+DTYPES = ("bfloat16", "float16", "float32")
+TP_REFUSAL = (
+    "tensor parallelism is not supported: the weight sync hands vLLM buckets made on the fly (which "
+    "cannot be pickled to other workers), and under torchrun the ranks of one tensor-parallel group "
+    "would sample different prompts; run one engine per GPU (data parallel)"
+)
+# The sync probe's threshold on the mean |log-prob| difference, by engine dtype: what the engine's own
+# rounding allows (measured on CPU: bf16 0.009-0.019, fp32 below 2e-6) with room to spare.
+PROBE_THRESHOLDS = {"float32": 1e-3, "float16": 0.05, "bfloat16": 0.1}
+CPU_KV_CACHE_BYTES = 1 << 30  # the CPU build's default reserves a share of host RAM (minutes to start)
 SPEC_COUNTS = ("drafts", "draft_tokens", "accepted_tokens")
 DEEPSEEK_MTP_TRUNKS = ("deepseek_v3", "deepseek_v32")  # the model types vLLM gives its DeepSeek MTP drafter
 
@@ -93,18 +106,6 @@ def bucketed(named: Iterable[tuple[str, torch.Tensor]], max_bytes: int) -> Itera
         size += nbytes
     if bucket:
         yield bucket
-
-
-def check_version(version: str, speculative: Literal["none", "mtp"]) -> None:
-    """Refuse a vLLM too old for what is asked (see the module docstring), naming what to install."""
-    need = MIN_MTP_VERSION if speculative == "mtp" else MIN_VERSION
-    if Version(version).release < Version(need).release:
-        why = (
-            "MTP speculative rollouts (method 'mtp' from 0.11.0, right log-probs of drafted tokens from 0.11.1)"
-            if speculative == "mtp"
-            else "rollouts with the sampled distribution's log-probs (logprobs_mode)"
-        )
-        raise ImportError(f"vLLM {version} is too old: {why} need vLLM >= {need}: {INSTALL_HINT}")
 
 
 def mtp_draft_tokens(config: dict[str, Any], num_speculative_tokens: int, where: str) -> int:
@@ -316,8 +317,11 @@ def llm_kwargs(
     torchrun: bool,
     sleep_mode: bool = True,
     dtype: str = "bfloat16",
+    enforce_eager: bool = False,
+    kv_cache_bytes: int | None = None,
 ) -> dict[str, Any]:
-    """``vllm.LLM`` keywords for a colocated engine (sleep mode where available, processed log-probs)."""
+    """``vllm.LLM`` keywords for a colocated engine (sleep mode where available, processed log-probs).
+    ``kv_cache_bytes`` None: the KV cache takes ``gpu_memory_utilization`` of the device's memory."""
     kwargs: dict[str, Any] = dict(
         model=model_path,
         dtype=dtype,
@@ -329,7 +333,10 @@ def llm_kwargs(
         generation_config="vllm",  # no sampling defaults from the model's generation_config.json
         skip_tokenizer_init=True,  # prompts arrive as token ids
         disable_log_stats=speculative == "none",  # get_metrics() needs stats
+        enforce_eager=enforce_eager,
     )
+    if kv_cache_bytes is not None:
+        kwargs["kv_cache_memory_bytes"] = kv_cache_bytes
     if torchrun:  # one engine per rank, inside the trainer's processes and process group
         kwargs["distributed_executor_backend"] = "external_launcher"
     if speculative == "mtp":
@@ -344,8 +351,12 @@ class VLLMEngine:
     writes them, when ``speculative="mtp"``; see :func:`mtp_draft_tokens` for the formats vLLM drafts
     with). After a sync (every ``check_every``-th; 0 = never) a fixed probe compares vLLM's log-probs
     with the trainer's: this flags garbage weights at once and skipped syncs once the policy has moved
-    by more than ``check_threshold``. ``dtype``: the engine's weights and compute ("bfloat16",
-    "float32"). ``engine_kwargs`` override/extend the ``vllm.LLM`` keywords (e.g. ``enforce_eager``).
+    by more than ``check_threshold`` (None: :data:`PROBE_THRESHOLDS` of ``dtype``, the engine's
+    weights and compute); with MTP drafts a second probe checks the drafter (:mod:`.drafter_probe`).
+    ``enforce_eager`` (no torch.compile or CUDA graphs) and ``kv_cache_bytes``: None takes vLLM's
+    defaults on GPU and, on the CPU build, eager with a 1 GiB KV cache (it starts in seconds instead
+    of compiling and reserving a share of host RAM). ``engine_kwargs`` override/extend the
+    ``vllm.LLM`` keywords.
     Creating the engine leaves the process's RNG streams (Python, NumPy, torch) as they were, although
     vLLM seeds them, so that a resumed run samples exactly as an uninterrupted one.
     """
@@ -361,9 +372,11 @@ class VLLMEngine:
         num_speculative_tokens: int = 1,
         sleep_level: Literal[1, 2] = 1,
         bucket_bytes: int = 1 << 30,
-        check_threshold: float = 0.1,
+        check_threshold: float | None = None,
         check_every: int = 1,
-        dtype: Literal["bfloat16", "float32"] = "bfloat16",
+        dtype: Literal["bfloat16", "float16", "float32"] = "bfloat16",
+        enforce_eager: bool | None = None,
+        kv_cache_bytes: int | None = None,
         engine_kwargs: dict[str, Any] | None = None,
     ) -> None:
         for ok, what in [
@@ -378,7 +391,9 @@ class VLLMEngine:
                 bucket_bytes > 0 and check_every >= 0,
                 f"bucket_bytes={bucket_bytes}, check_every={check_every}",
             ),
-            (dtype in ("bfloat16", "float32"), f"dtype={dtype!r} (need 'bfloat16' or 'float32')"),
+            (dtype in DTYPES, f"dtype={dtype!r} (need one of {', '.join(DTYPES)})"),
+            (kv_cache_bytes is None or kv_cache_bytes > 0, f"kv_cache_bytes={kv_cache_bytes} (need > 0)"),
+            ((engine_kwargs or {}).get("tensor_parallel_size", 1) == 1, TP_REFUSAL),
         ]:
             if not ok:
                 raise ValueError(f"VLLMEngine: bad {what}")
@@ -388,7 +403,7 @@ class VLLMEngine:
             raise ImportError(
                 f"rollout.engine='vllm' needs vLLM, which is not installed: {INSTALL_HINT}"
             ) from e
-        check_version(vllm.__version__, speculative)
+        os.environ.update(check_version(vllm.__version__, speculative, os.environ.get(V2_RUNNER_ENV)))
         config_file = Path(model_path) / "config.json"
         if not config_file.is_file():
             raise FileNotFoundError(
@@ -401,6 +416,10 @@ class VLLMEngine:
 
         self.sleep_mode = current_platform.is_sleep_mode_available()
         self.cpu = current_platform.is_cpu()
+        if enforce_eager is None:
+            enforce_eager = self.cpu
+        if kv_cache_bytes is None and self.cpu:
+            kv_cache_bytes = CPU_KV_CACHE_BYTES
         if not self.sleep_mode:
             logger.info("vLLM sleep mode is not available on this platform: the engine stays awake")
         torchrun = "WORLD_SIZE" in os.environ
@@ -417,6 +436,8 @@ class VLLMEngine:
             torchrun=torchrun,
             sleep_mode=self.sleep_mode,
             dtype=dtype,
+            enforce_eager=enforce_eager,
+            kv_cache_bytes=kv_cache_bytes,
         )
         self._vllm = vllm
         rng = capture_rng_state()  # vLLM's worker seeds the global generators with seed + rank
@@ -424,20 +445,27 @@ class VLLMEngine:
             self.llm = vllm.LLM(**{**kwargs, **(engine_kwargs or {})})
         finally:
             restore_rng_state(rng)
-        self.dtype = getattr(torch, dtype)
+        self.dtype, self.dtype_name = getattr(torch, dtype), dtype
         self.num_speculative_tokens = num_speculative_tokens if speculative == "mtp" else 0
         self.speculative, self.sleep_level, self.bucket_bytes = speculative, sleep_level, bucket_bytes
-        self.check_threshold, self.check_every = check_threshold, check_every
+        self.check_threshold = PROBE_THRESHOLDS[dtype] if check_threshold is None else check_threshold
+        self.check_every = check_every
         self.last_spec_stats: dict[str, float] = {}
         """Draft acceptance of the last generate() (``acceptance_rate`` etc.); empty without speculation."""
         self.last_spec_counts: dict[str, int] = {}
         """vLLM's counts over the last generate(): ``drafts``, ``draft_tokens``, ``accepted_tokens``."""
         self.last_sync_logprob_diff: float | None = None
+        self.last_drafter_probe: dict[str, float] = {}
+        """The drafter probe after the last checked sync: vLLM's and the replay's acceptance rates."""
         self._awake = {"weights", "kv_cache"}
         self._weights_valid = True
         self._syncs = 0
         self._warned_truncation = False
-        logger.info("vLLM %s engine on %s, speculative=%s", vllm.__version__, model_path, speculative)
+        logger.info(
+            "vLLM %s engine (%s) on %s: dtype %s, speculative=%s, enforce_eager=%s, KV cache %s",
+            vllm.__version__, "CPU" if self.cpu else "GPU", model_path, dtype, speculative, enforce_eager,
+            f"{kv_cache_bytes / 2**30:g} GiB" if kv_cache_bytes else f"{gpu_memory_utilization:g} of memory",
+        )  # fmt: skip
 
     def generate(
         self,
@@ -510,6 +538,8 @@ class VLLMEngine:
             if root is not None:
                 root.unshard()
             self.last_sync_logprob_diff = self._probe(base)
+            if self.speculative == "mtp":
+                self.last_drafter_probe = self._drafter_probe(model)
             if root is not None:
                 root.reshard()
 
@@ -534,6 +564,29 @@ class VLLMEngine:
         context = f" after sync {self._syncs}"
         return check_logprobs_agree(engine, trainer, threshold=self.check_threshold, context=context)
 
+    def _drafter_probe(self, model: torch.nn.Module) -> dict[str, float]:
+        """Greedy decoding of the fixed probe batch with drafts, vLLM's draft counts against a replay
+        with the trainer's MTP heads (:mod:`occ_fast.rollout.drafter_probe`)."""
+        vocab = model.base.get_input_embeddings().num_embeddings
+        prompts = probe_prompts(vocab)
+        params = SamplingParams(max_new_tokens=PROBE_TOKENS, temperature=0.0)
+        before = spec_counters(self.llm.get_metrics())
+        outputs = self.llm.generate(
+            [{"prompt_token_ids": p} for p in prompts], self._sampling(params, 0), use_tqdm=False
+        )
+        after = spec_counters(self.llm.get_metrics())
+        measured = {k: after.get(k, 0) - before.get(k, 0) for k in SPEC_COUNTS}
+        completions = [list(out.outputs[0].token_ids) for out in outputs]
+        replayed = replay_greedy_drafts(model, prompts, completions, self.num_speculative_tokens)
+        tolerance = DRAFTER_TOLERANCES[self.dtype_name]
+        return check_drafter(measured, replayed, tolerance=tolerance, context=f" after sync {self._syncs}")
+
+    def close(self) -> None:
+        """Shut the engine down now, while the process group it joined (or made) is still there:
+        vLLM's shutdown tears down its groups and the default one (left to exit, after the trainer
+        has destroyed the default group, it fails with "Invalid process group specified")."""
+        self.llm.llm_engine.engine_core.shutdown()
+
     def _sampling(self, params: SamplingParams, seed: int) -> Any:
         return self._vllm.SamplingParams(**sampling_kwargs(params, seed))
 
@@ -542,6 +595,7 @@ class VLLMEngine:
             raise WeightSyncError("sleep_level=2 discarded vLLM's weights; call sync_weights before generate")
         missing = [t for t in tags if t not in self._awake]
         if missing and self.sleep_mode:
+            torch.cuda.empty_cache()  # PyTorch's cached blocks back before vLLM takes memory (no-op on CPU)
             self.llm.wake_up(tags=missing)
             self._awake.update(missing)
 

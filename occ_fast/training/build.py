@@ -14,7 +14,15 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase,
 from occ_fast.config import Config, ConfigError
 from occ_fast.data import ArithmeticTask, DatasetError, PromptRecord, load_prompt_file
 from occ_fast.data.length import drop_long_prompts
-from occ_fast.model import MTPModel, check_model_dir, load_config, load_mtp_model
+from occ_fast.model import (
+    MTPModel,
+    apply_liger,
+    check_model_dir,
+    describe_liger,
+    liger_counts,
+    load_config,
+    load_mtp_model,
+)
 from occ_fast.prompts import encode_prompt
 from occ_fast.tokenizer import load_tokenizer, train_bpe_tokenizer
 
@@ -80,6 +88,10 @@ def build_model(
     """The MTP model in ``model.dtype``, or in ``dtype`` when given (fp32 master weights under FSDP2
     mixed precision), with the trunk's activation checkpointing on when ``model.gradient_checkpointing``."""
     model = _build_mtp_model(cfg, tokenizer, device, dtype)
+    if cfg.model.use_liger:
+        logger.info(
+            "Liger kernels in the model (trunk and MTP layers): %s", describe_liger(liger_counts(model))
+        )
     if cfg.model.gradient_checkpointing:
         # Non-reentrant, per decoder layer: under FSDP2 the layer's own hooks stay outside the
         # recomputed region (transformers checkpoints each layer's forward).
@@ -124,6 +136,8 @@ def _build_mtp_model(
     torch.manual_seed(cfg.train.seed)
     base = model_cls(hf_config).to(device=device, dtype=dtype)
     logger.info("built a random-init %s model: %.2fM parameters", tiny.arch, base.num_parameters() / 1e6)
+    if cfg.model.use_liger:
+        apply_liger(base)
     return MTPModel.from_base(base, heads, attn_implementation=cfg.model.attn_implementation, **detach)
 
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from occ_fast.checkpointing.sharded import export_hf
-from occ_fast.config import Config
+from occ_fast.config import Config, ConfigError
 from occ_fast.model import MTPModel, save_mtp_model
 from occ_fast.rollout import RolloutEngine, TransformersEngine
+from occ_fast.rollout.vllm_rules import V2_RUNNER_ENV, engine_problem, installed_vllm
+from occ_fast.training.build import model_dtype
 
 
 def build_engine(
@@ -39,6 +43,9 @@ def build_engine(
     ro = cfg.rollout
     return VLLMEngine(
         start,
+        dtype=engine_dtype(cfg, next(model.parameters()).device),
+        enforce_eager=ro.enforce_eager,
+        kv_cache_bytes=None if ro.kv_cache_gib is None else int(ro.kv_cache_gib * 2**30),
         gpu_memory_utilization=ro.gpu_memory_utilization,
         max_model_len=ro.max_model_len,
         seed=cfg.train.seed,
@@ -47,3 +54,23 @@ def build_engine(
         sleep_level=ro.sleep_level,
         check_threshold=ro.sync_check_threshold,
     )
+
+
+def engine_dtype(cfg: Config, device: torch.device) -> str:
+    """``rollout.dtype``, with 'auto' the trainer's compute dtype: ``model.dtype`` as resolved on
+    ``device``, or bfloat16 under ``train.bf16_autocast`` on CUDA (as setup resolves them)."""
+    if cfg.rollout.dtype != "auto":
+        return cfg.rollout.dtype
+    autocast = cfg.train.bf16_autocast and device.type == "cuda"
+    return "bfloat16" if autocast or model_dtype(cfg, device) == torch.bfloat16 else "float32"
+
+
+def check_rollout_engine(cfg: Config) -> None:
+    """What the installed vLLM cannot run (:func:`engine_problem`), refused in one line at start,
+    before the warm start and the engine's start-up."""
+    if cfg.rollout.engine != "vllm":
+        return
+    ro = cfg.rollout
+    problem = engine_problem(installed_vllm(), ro.speculative, ro.temperature, os.environ.get(V2_RUNNER_ENV))
+    if problem is not None:
+        raise ConfigError(problem)

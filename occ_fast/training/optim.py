@@ -19,6 +19,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from occ_fast.config import OptimConfig
+from occ_fast.training.master_weights import MasterAdamW, MasterWeights, needs_masters
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +43,17 @@ def decay_split(model: nn.Module) -> tuple[dict[str, nn.Parameter], dict[str, nn
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
-    """AdamW over ``model``'s trainable parameters; fused when they all live on CUDA (fewer launches)."""
+    """AdamW over ``model``'s trainable parameters; fused when they all live on CUDA (fewer launches).
+
+    A model with plain 16-bit parameters gets fp32 master weights and fp32 AdamW state
+    (:mod:`occ_fast.training.master_weights`): the optimizer's parameters are then the masters."""
     decay, no_decay = decay_split(model)
     if not decay and not no_decay:
         raise ValueError("build_optimizer: the model has no trainable parameters")
+    params = [*decay.values(), *no_decay.values()]
+    masters = MasterWeights(model) if needs_masters(params) else None
+    if masters is not None:
+        decay, no_decay = ({n: masters.master(p) for n, p in d.items()} for d in (decay, no_decay))
     groups = [
         {"params": list(params.values()), "weight_decay": wd}
         for params, wd in ((decay, cfg.weight_decay), (no_decay, 0.0))
@@ -53,13 +61,17 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     ]
     fused = all(p.is_cuda for p in (*decay.values(), *no_decay.values()))
     logger.info(
-        "AdamW: %d tensors with weight decay %g, %d without; %s implementation",
+        "AdamW: %d tensors with weight decay %g, %d without; %s implementation%s",
         len(decay),
         cfg.weight_decay,
         len(no_decay),
         "fused" if fused else "torch's default",
+        f"; fp32 master weights and state for the {params[0].dtype} model" if masters is not None else "",
     )
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)
+    kwargs = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)
+    if masters is not None:
+        return MasterAdamW(masters, groups, **kwargs)
+    return torch.optim.AdamW(groups, **kwargs)
 
 
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float) -> float:

@@ -44,7 +44,8 @@ from occ_fast.training.build import (
     resolve_device,
     train_records,
 )
-from occ_fast.training.engine import build_engine
+from occ_fast.training.engine import build_engine, check_rollout_engine
+from occ_fast.training.master_weights import fp32_weights
 from occ_fast.training.optim import build_optimizer, build_scheduler
 from occ_fast.training.warm_start import sft_warm_start
 
@@ -83,6 +84,7 @@ def setup(cfg: Config, console: Console) -> Run:
     same model on every rank (same seed), warm-start it, then shard it with FSDP2 before the
     optimizer exists; each rank then samples its rollouts from its own RNG stream."""
     device = resolve_device(cfg)
+    check_rollout_engine(cfg)  # before the heavy work: what the installed vLLM cannot run
     info = init_distributed(device_type=device.type)
     sharded = dist.is_initialized()
     if sharded:
@@ -128,7 +130,8 @@ def setup(cfg: Config, console: Console) -> Run:
     scheduler = build_scheduler(optimizer, cfg.optim, total_steps=cfg.train.steps)
     start_step = 0
     if checkpoint is not None:
-        state = load_any_checkpoint(checkpoint, model, optimizer, scheduler, sharded=sharded)
+        with fp32_weights(optimizer):  # a bf16 run's checkpoint holds its fp32 masters
+            state = load_any_checkpoint(checkpoint, model, optimizer, scheduler, sharded=sharded)
         sampler.load_state_dict(state.extra["sampler"])
         start_step = int(state.extra["next_step"])
         if any(change.startswith("optim.lr ") for change in changes):

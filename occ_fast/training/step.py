@@ -16,6 +16,7 @@ from occ_fast.monitoring.diagnostics import exact_gradient_stats
 from occ_fast.policy.batching import Sample
 from occ_fast.rollout import RolloutEngine
 from occ_fast.training.groups import collect_groups
+from occ_fast.training.master_weights import fp32_weights
 from occ_fast.training.setup import Run
 from occ_fast.training.update import (
     mini_batches,
@@ -80,7 +81,8 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
     # 6. Policy updates: one optimizer step per mini-batch. How much they grew the weights' norm
     # bounds the update's size from below: the run's health judges it (optim.max_update_ratio).
     t2 = time.perf_counter()
-    norm_before = weights_norm(run.model)
+    with fp32_weights(run.optimizer):  # a bf16 run's update shows on its fp32 masters
+        norm_before = weights_norm(run.model)
     update, exact = UpdateStats(cfg.algorithm.mismatch_threshold), {}
     task = run.progress.add_task(f"step {step}: updates", total=sum(len(micros) for _, micros in minis))
     for i, ((mini_samples, micros), olds) in enumerate(zip(minis, old_logprobs)):
@@ -96,13 +98,16 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
                 num_tokens=normaliser(response_tokens(mini_samples)),
                 mtp_num_tokens=[normaliser(n) for n in mtp_row_counts(mini_samples, run.model.num_mtp)],
                 temperature=cfg.rollout.temperature,
+                max_response_length=cfg.rollout.max_new_tokens,
                 autocast_dtype=run.autocast_dtype,
+                optimizer=run.optimizer,
             )
         update_mini_batch(
             run, mini_samples, micros, olds, update, on_micro=lambda: run.progress.advance(task)
         )
     run.progress.remove_task(task)
-    update_ratio = (weights_norm(run.model) - norm_before) / norm_before
+    with fp32_weights(run.optimizer):
+        update_ratio = (weights_norm(run.model) - norm_before) / norm_before
     run.nonfinite.observe(step, update.finite)
     run.scheduler.step()
     timings["time/update_s"] = time.perf_counter() - t2 - exact.get("exact/time_s", 0.0)
@@ -127,13 +132,17 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
         sums=SUMMED_METRICS | update.loss_keys,
         mins={"mtp/lam_min", *MISMATCH_MINIMA},
         maxs={"mtp/lam_max", *MISMATCH_MAXIMA},
+        weights=update.token_weights(),
     )
 
 
 def engine_stats(engine: RolloutEngine) -> dict[str, float]:
-    """vLLM's speculative acceptance (MTP drafts) and weight-sync probe, when the engine has them."""
+    """vLLM's speculative acceptance (MTP drafts; per draft position with more than one) and its
+    weight-sync probes (trunk, drafter), when the engine has them."""
     stats = {f"rollout/spec_{k}": v for k, v in (getattr(engine, "last_spec_stats", None) or {}).items()}
     diff = getattr(engine, "last_sync_logprob_diff", None)
     if diff is not None:
         stats["rollout/sync_logprob_diff"] = diff
+    for key, rate in (getattr(engine, "last_drafter_probe", None) or {}).items():
+        stats[f"rollout/drafter_probe_{key}"] = rate  # acceptance on the probe: vLLM's and the replay's
     return stats

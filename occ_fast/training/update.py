@@ -15,9 +15,11 @@ from occ_fast.algorithm.sequences import sequence_index
 from occ_fast.distributed.collectives import global_sum
 from occ_fast.distributed.data_parallel import pad_micro_batches
 from occ_fast.distributed.fsdp import clip_grad_norm
+from occ_fast.monitoring.cross_fit import oracle_coefficient
 from occ_fast.monitoring.spec_forecast import draft_counts
 from occ_fast.policy.batching import MicroBatch, Sample, make_micro_batches
 from occ_fast.policy.forward import policy_logprobs
+from occ_fast.training.master_weights import fp32_weights
 from occ_fast.training.setup import Run
 from occ_fast.training.update_stats import UpdateStats
 
@@ -32,8 +34,9 @@ def mini_batches(
     (:func:`pad_micro_batches`: equal counts on every rank).
 
     ``chunks[g]`` is the group's position in the step's draw order over all ranks, mod M, so that
-    data parallelism does not change the algorithm: a rank's chunk i is exactly its share of the
-    single-process chunk i, also when dynamic sampling refills groups in later rounds (a rank's
+    data parallelism does not change the mini-batches: a rank's chunk i is exactly its share of the
+    single-process chunk i (the micro-batches differ: each rank packs its own, which changes OCC's
+    per-micro-batch coefficient and nothing else), also when dynamic sampling refills groups in later rounds (a rank's
     groups are then not a contiguous block of the step's, and a chunk may be empty on one rank: it
     then only joins the other ranks' collectives, with padding micro-batches)."""
     cfg, n = run.cfg, run.cfg.rollout.n
@@ -102,6 +105,9 @@ def update_mini_batch(
     The loss divides by the mini-batch's token counts over all ranks; a padding micro-batch (a
     repeat that only keeps FSDP's collectives in step) backpropagates zero and adds no metrics."""
     cfg, model = run.cfg, run.model
+    oracle_lam = (
+        oracle_step(run, micros, old_logprobs, stats) if run.loss_cfg.mtp_regime == "oracle" else None
+    )
     num_tokens = normaliser(response_tokens(samples))
     mtp_tokens = [normaliser(n) for n in mtp_row_counts(samples, model.num_mtp)]
     real_micros = sum(real for _, real in micros)
@@ -130,9 +136,10 @@ def update_mini_batch(
             num_tokens=num_tokens,
             mtp_num_tokens=mtp_tokens if model.num_mtp else None,
             lp_rollout=lp_rollout,
-            occ_entries=padded_response_entries(micro.position_ids, micro.response_mask, micro.num_samples),
+            occ_entries=padded_response_entries(micro.num_samples, cfg.rollout.max_new_tokens),
             sequence_ids=sequence_ids,
             num_sequences=micro.num_samples,
+            oracle_lam=oracle_lam,
         )
         if not real:
             (loss * 0.0).backward()
@@ -163,7 +170,8 @@ def update_mini_batch(
         if on_micro is not None:
             on_micro()
     max_norm = cfg.optim.grad_clip if cfg.optim.grad_clip is not None else math.inf
-    grad_norm = clip_grad_norm(model, max_norm)  # the global norm: every rank steps or skips alike
+    with fp32_weights(run.optimizer):  # a bf16 model's gradients are on its fp32 masters
+        grad_norm = clip_grad_norm(model, max_norm)  # the global norm: every rank steps or skips alike
     finite = bool(torch.isfinite(grad_norm))  # one host sync per optimizer step: never apply NaN/inf
     stats.finite.append(finite)
     if finite:
@@ -175,3 +183,28 @@ def update_mini_batch(
         stats.nan_skipped += 1
         stats.bad_grad_norm = float(grad_norm)
     run.optimizer.zero_grad(set_to_none=True)
+
+
+def oracle_step(
+    run: Run,
+    micros: list[tuple[MicroBatch, bool]],
+    old_logprobs: list[torch.Tensor] | None,
+    stats: UpdateStats,
+) -> float:
+    """The ``oracle`` regime's coefficient for this mini-batch (a diagnostic regime: exact gradients,
+    about four extra backward passes per micro-batch), logged as ``oracle/{lam, c_cross, v2, v2_cross}``
+    (means over the step's mini-batches)."""
+    real = [micro for micro, is_real in micros if is_real]
+    olds = old_logprobs if old_logprobs is not None else [old_main_logprobs(run, micro) for micro in real]
+    lam, measured = oracle_coefficient(
+        run.model,
+        real,
+        olds,
+        loss_cfg=run.loss_cfg,
+        temperature=run.cfg.rollout.temperature,
+        autocast_dtype=run.autocast_dtype,
+    )
+    stats.add("oracle/lam", torch.tensor(lam))
+    for key in ("c_cross", "v2", "v2_cross"):
+        stats.add(f"oracle/{key}", torch.tensor(measured[key]))
+    return lam

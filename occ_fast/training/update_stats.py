@@ -10,7 +10,7 @@ import torch
 
 from occ_fast.algorithm import CoefficientLog
 from occ_fast.algorithm.rollout_mismatch import DEFAULT_MISMATCH_THRESHOLD, MismatchLog
-from occ_fast.monitoring.spec_forecast import forecast
+from occ_fast.monitoring.spec_forecast import forecast, forecast_weights
 
 
 class UpdateStats:
@@ -54,3 +54,14 @@ class UpdateStats:
         out["optim/nan_skipped"] = self.nan_skipped
         out["optim/padding_micro_batches"] = self.padding_micro_batches
         return out
+
+    def token_weights(self) -> dict[str, float]:
+        """The count each token mean of :meth:`summary` is over (tokens, MTP rows, draft positions):
+        ranks combine those means weighted by it, so that 2 ranks log what one process would."""
+        counts = {key: float(value) for key, value in self.sums.items() if key.startswith("count/")}
+        return {
+            "policy/entropy": counts.get("count/tokens", 0.0),
+            "mtp/accuracy": counts.get("count/mtp_rows", 0.0),
+            **self.mismatch.weights(),
+            **forecast_weights(counts),
+        }

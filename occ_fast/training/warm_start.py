@@ -46,9 +46,12 @@ def warm_start(
     batch_size: int,
     seed: int,
     token_budget: int,
-    on_step: Callable[[int, float], None] | None = None,
+    on_step: Callable[[int, float], bool | None] | None = None,
 ) -> float:
-    """Run ``steps`` AdamW steps of answer-token cross-entropy; return the last step's main-head loss."""
+    """Run ``steps`` AdamW steps of answer-token cross-entropy; return the last step's main-head loss.
+
+    ``on_step(step, loss)`` returning True stops after that step (a warm start that ends once the
+    model reaches a held-out accuracy, as ``occ_fast.experiments.headroom``'s does)."""
     device = next(model.parameters()).device
     samples = supervised_samples(tokenizer, records)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -68,8 +71,8 @@ def warm_start(
             total_main += main.detach()
         optimizer.step()
         main_loss = float(total_main)
-        if on_step is not None:
-            on_step(step, main_loss)
+        if on_step is not None and on_step(step, main_loss):
+            break
     optimizer.zero_grad(set_to_none=True)
     return main_loss
 

@@ -33,6 +33,10 @@ E2E = "tests/test_train.py"
 DIST = "tests/test_train_distributed.py"
 FSDP = "tests/test_distributed.py"
 POLICY = "occ_fast/algorithm/policy_loss.py"
+MISMATCH = "occ_fast/algorithm/rollout_mismatch.py"
+MISMATCH_TESTS = "tests/test_rollout_mismatch.py"
+HEALTH = "occ_fast/monitoring/health.py"
+NONFINITE = "tests/test_faults_nonfinite.py"
 
 
 def m(id, what, path, old, new, *tests, equivalent=None):  # noqa: A002
@@ -226,6 +230,31 @@ ALL = [
         "adv = adv",
         "tests/test_algorithm_advantages.py",
     ),
+    m(
+        "A11",
+        "importance-weight mask band with exclusive edges (a ratio of exactly low or high is dropped)",
+        MISMATCH,
+        "inside = (seq_log >= math.log(low)) & (seq_log <= math.log(high))",
+        "inside = (seq_log > math.log(low)) & (seq_log < math.log(high))",
+        f"{MISMATCH_TESTS}::test_the_band_is_closed_and_judges_the_ratio_before_the_cap",
+        f"{MISMATCH_TESTS}::test_training_run_logs_mismatch_every_step_with_sequence_level_correction",
+    ),
+    m(
+        "A12",
+        "mask band judges the sequence ratio after the sequence-level cap",
+        MISMATCH,
+        "        weights = torch.exp(torch.clamp(seq_log, max=math.log(cap)))\n",
+        "        seq_log = torch.clamp(seq_log, max=math.log(cap))\n        weights = torch.exp(seq_log)\n",
+        f"{MISMATCH_TESTS}::test_the_band_is_closed_and_judges_the_ratio_before_the_cap",
+    ),
+    m(
+        "A13",
+        "mismatch KL k1 in the wrong direction (KL(old || rollout) estimated from rollout samples)",
+        MISMATCH,
+        'self._add("k1", diff.sum())',
+        'self._add("k1", -diff.sum())',
+        f"{MISMATCH_TESTS}::test_training_run_logs_mismatch_every_step_with_sequence_level_correction",
+    ),
     # ---- occ_fast/model/ ----
     m(
         "M1",
@@ -323,6 +352,14 @@ ALL = [
         "if j >= depth + 1)",
         "if j >= depth)",
         f"{BATCH}::test_mtp_rows_count_matches_the_model",
+    ),
+    m(
+        "B6",
+        "packing with a strict budget comparison (a micro-batch never fills its token budget)",
+        "occ_fast/policy/batching.py",
+        "if load + sample.length <= token_budget:",
+        "if load + sample.length < token_budget:",
+        f"{BATCH}::test_a_micro_batch_fills_its_token_budget_exactly_and_one_token_more_starts_another",
     ),
     # ---- the RL step and its update (occ_fast/training/step.py, update.py) ----
     Mutant(
@@ -424,6 +461,14 @@ ALL = [
         "[i * cfg.optim.mini_batches // len(positions) for i in range(len(positions))]",
         f"{DIST}::test_two_ranks_train_like_one_process",
     ),
+    m(
+        "T11",
+        "micro-batch loss given no token count (each normalises by its own tokens)",
+        UPDATE,
+        "            num_tokens=num_tokens,\n",
+        "            num_tokens=None,\n",
+        f"{LOOP}::test_every_micro_batch_divides_by_its_mini_batch_token_count",
+    ),
     # ---- checkpointing and resume ----
     m(
         "C1",
@@ -481,6 +526,56 @@ ALL = [
         "load_torch(path / _rng_file(0))",
         f"{FSDP}::test_sharded_checkpoint_gives_every_rank_its_own_rng_back",
     ),
+    # ---- stops: signals, resume's regime rule, non-finite updates ----
+    m(
+        "S1",
+        "a second signal within the grace window (torchrun's copy of one Ctrl-C) exits unsaved",
+        "occ_fast/monitoring/interrupt.py",
+        "        elif now - self._first_at >= REPEAT_GRACE_S:\n",
+        "        else:\n",
+        "tests/test_faults_signals.py::test_two_sigints_in_quick_succession_stop_like_one",
+    ),
+    m(
+        "R1",
+        "--run.allow-regime-change also lets a resume switch to or from regime 'none'",
+        "occ_fast/checkpointing/resume.py",
+        '        if "none" in (old, new):\n',
+        '        if "none" in (old, new) and not requested.run.allow_regime_change:\n',
+        "tests/test_faults_resume.py::test_allow_regime_change_still_refuses_regime_none",
+        "tests/test_faults_resume_safety.py::test_regime_none_is_refused_even_with_allow_regime_change",
+    ),
+    m(
+        "H1",
+        "an applied update does not end a streak of non-finite ones (skipped updates counted over the run)",
+        HEALTH,
+        "            if ok:\n                self.streak, self.streak_start = 0, None\n",
+        "            if ok:\n                continue\n",
+        f"{NONFINITE}::test_only_updates_skipped_in_a_row_stop_the_run_across_steps",
+    ),
+    m(
+        "H2",
+        "the non-finite streak restarts at every RL step",
+        HEALTH,
+        "        for ok in finite:\n",
+        "        self.streak = 0\n        for ok in finite:\n",
+        f"{NONFINITE}::test_only_updates_skipped_in_a_row_stop_the_run_across_steps",
+    ),
+    m(
+        "H3",
+        "the non-finite stop names the streak's last step as its first",
+        HEALTH,
+        "self.streak_start = step if self.streak == 0 else self.streak_start",
+        "self.streak_start = step",
+        f"{NONFINITE}::test_only_updates_skipped_in_a_row_stop_the_run_across_steps",
+    ),
+    m(
+        "H4",
+        "optim.max_nonfinite_updates 0 stops the run instead of never stopping it",
+        HEALTH,
+        "if not self.limit or self.streak < self.limit:",
+        "if self.streak < self.limit:",
+        f"{NONFINITE}::test_max_nonfinite_updates_0_never_stops",
+    ),
     # ---- clip defaults ----
     Mutant(
         "D1",
@@ -524,15 +619,6 @@ ALL = [
         "clipped_high = clip_active & (advantages > 0)",
         "clipped_high = clip_active & (advantages >= 0)",
         equivalent="with A = 0 both the clipped and unclipped losses are 0, so clip_active is False there",
-    ),
-    m(
-        "E2",
-        "first-fit packing with a strict budget comparison",
-        "occ_fast/policy/batching.py",
-        "if load + sample.length <= token_budget:",
-        "if load + sample.length < token_budget:",
-        equivalent="only which sequences share a row changes; every per-token result is layout-independent "
-        "by design (what test_batching checks), and rows stay within the budget",
     ),
     m(
         "E3",

@@ -1,7 +1,7 @@
 """Mutation check of the core: apply each curated mutant to a copy of the tree, run its tests.
 
     python tests/mutation/run.py                 # every mutant; writes benchmarks/results/mutation/
-    python tests/mutation/run.py --only T1 K6    # some of them; their rows in the results are updated
+    python tests/mutation/run.py --only T1 K6    # some of them; their rows in the results are updated (or added)
     python tests/mutation/run.py --list          # the mutants and their tests
 
 The working tree is never edited: the tracked and untracked (not ignored) files are copied once to
@@ -125,16 +125,15 @@ def summary_markdown(rows: list[dict], minutes: float) -> str:
 
 
 def write_results(rows: list[dict], minutes: float, *, update: bool) -> None:
-    """results.json and summary.md; with ``update``, replace only these mutants' rows of the last
-    full run (nothing is written without one)."""
+    """results.json and summary.md; with ``update``, replace these mutants' rows of the last full run
+    (or add them, in the list's order, when they are new; nothing is written without a full run)."""
     path = RESULTS / "results.json"
     if update:
         if not path.is_file():
             return
         previous = json.loads(path.read_text())
-        fresh = {r["id"]: r for r in rows}
-        current = {m.id for m in MUTANTS}  # a mutant since found equivalent drops out
-        rows = [fresh.get(r["id"], r) for r in previous["mutants"] if r["id"] in current]
+        known = {r["id"]: r for r in previous["mutants"]} | {r["id"]: r for r in rows}
+        rows = [known[m.id] for m in MUTANTS if m.id in known]  # one since found equivalent drops out
         minutes += previous["minutes"]
     counted = [r for r in rows if r["status"] in ("killed", "survived")]
     payload = {

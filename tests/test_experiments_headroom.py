@@ -1,0 +1,115 @@
+"""The headroom experiment's statistics by hand (t quantiles from tables, the sign test, the MDD),
+its AUC, its pre-stated verdict, and that the sweep resumes: runs already in its results are skipped."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import pytest
+
+from occ_fast.experiments import headroom
+from occ_fast.experiments.paired import compare, sign_test_p, t_quantile
+
+
+@pytest.mark.parametrize(
+    ("p", "df", "table"), [(0.975, 7, 2.365), (0.8, 7, 0.896), (0.975, 2, 4.303), (0.975, 1, 12.706)]
+)
+def test_t_quantiles_match_the_tables(p, df, table):
+    assert t_quantile(p, df) == pytest.approx(table, abs=1e-3)
+
+
+def test_sign_test_by_hand():
+    assert sign_test_p(8, 0) == pytest.approx(2 / 256)
+    assert sign_test_p(6, 2) == pytest.approx(2 * (1 + 8 + 28) / 256)
+    assert sign_test_p(0, 0) == 1.0
+
+
+def test_compare_by_hand():
+    got = compare([0.1, 0.2, 0.3])  # mean 0.2, sd 0.1, se 0.1 / sqrt(3); t(0.975, 2) 4.303, t(0.8, 2) 1.061
+    se = 0.1 / math.sqrt(3)
+    assert got["mean"] == pytest.approx(0.2)
+    assert (got["low"], got["high"]) == pytest.approx((0.2 - 4.303 * se, 0.2 + 4.303 * se), abs=1e-3)
+    assert got["reading"] == "within noise" and (got["above"], got["below"]) == (3, 0)
+    assert got["mdd"] == pytest.approx((4.303 + 1.061) * se, abs=1e-3)
+    assert compare([0.2, 0.21, 0.19, 0.2])["reading"] == "above"
+    assert compare([-0.2, -0.21, -0.19, -0.2])["reading"] == "below"
+
+
+def test_auc_is_the_trapezoid_mean():
+    assert headroom.auc([(0, 0.3), (10, 0.5), (20, 0.5)]) == pytest.approx((10 * 0.4 + 10 * 0.5) / 20)
+
+
+def rows_with(effects: dict[str, float], seeds: int = 8) -> list[dict]:
+    """Per-seed AUCs: a seed level plus each arm's effect plus a little seed-by-arm wiggle."""
+    return [
+        {"setting": arm, "seed": s, "auc": 0.4 + 0.05 * s + effect + 0.002 * ((s * (i + 3)) % 5 - 2)}
+        for s in range(seeds)
+        for i, (arm, effect) in enumerate(effects.items())
+    ]
+
+
+def test_verdict_supports_only_the_full_ordering():
+    order = {
+        "detach": 0.0,
+        "detach-lr1.5x": 0.01,
+        "ce-1.0": -0.05,
+        "policy-0.1": 0.0,
+        "occ": 0.05,
+        "oracle": 0.06,
+    }
+    status, lines = headroom.verdict(rows_with(order))
+    assert status == "supported" and len(lines) == 4
+    assert (
+        headroom.verdict(rows_with(order | {"detach-lr1.5x": 0.05}))[0] == "refuted"
+    )  # a larger step does as well
+    assert headroom.verdict(rows_with(order | {"occ": 0.0}))[0] == "refuted"
+    assert headroom.verdict(rows_with(order, seeds=1))[0] == "incomplete"
+
+
+def test_sweep_skips_runs_already_in_results(tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    results.mkdir()
+    done = [{"setting": "detach", "seed": 0, "auc": 0.5, "final_accuracy": 0.5, "final_reward": 0.5}]
+    (results / "addition.json").write_text(json.dumps({"runs": done}))
+    warm = {
+        "seed": 0,
+        "dir": "w",
+        "sft_steps": 25,
+        "heldout_accuracy": 0.3,
+        "reached": True,
+        "trajectory": [],
+        "seconds": 1,
+    }
+    trained = []
+    monkeypatch.setattr(headroom, "build_warm_start", lambda args, seed, console: warm | {"seed": seed})
+    monkeypatch.setattr(headroom, "run_config", lambda args, arm, seed, w: SimpleNamespace(name=(arm, seed)))
+    monkeypatch.setattr(headroom, "prepare_run_dir", lambda cfg: cfg)
+    monkeypatch.setattr(headroom, "train", lambda cfg, console: trained.append(cfg.name))
+    monkeypatch.setattr(
+        headroom,
+        "run_row",
+        lambda arm, seed, cfg, w, s: done[0] | {"setting": arm, "seed": seed, "seconds": s},
+    )
+    argv = [
+        "--arms",
+        "detach",
+        "occ",
+        "--seeds",
+        "2",
+        "--output",
+        str(tmp_path / "runs"),
+        "--results",
+        str(results),
+    ]
+    assert headroom.main(argv) == 0
+    assert trained == [("occ", 0), ("detach", 1), ("occ", 1)]
+    rows = json.loads((results / "addition.json").read_text())["runs"]
+    assert sorted((r["setting"], r["seed"]) for r in rows) == [
+        ("detach", 0),
+        ("detach", 1),
+        ("occ", 0),
+        ("occ", 1),
+    ]
+    assert "paired by seed" in (results / "summary.md").read_text()

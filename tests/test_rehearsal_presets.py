@@ -1,0 +1,65 @@
+"""Rehearsals of the presets that roll out with the transformers engine (``tests/rehearsal.py``):
+``tiny``, ``carries`` and ``qwen2.5-fresh-mtp``, each run as users run it, resumed, and evaluated.
+
+The vLLM preset's rehearsal is in ``tests/test_rehearsal_vllm.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pyarrow.parquet as pq
+import yaml
+from rehearsal import DATA, HELDOUT_FILE, ROOT, TRAIN_FILE, check_every_step, rehearse, tiny_checkpoint
+
+# The transformers engine scores its own samples with the trainer's weights: in fp32 rollout and
+# trainer log-probs agree to rounding (a few 1e-6), in bf16 to bf16's (a few hundredths).
+FP32_MISMATCH, BF16_MISMATCH = 1e-4, 0.25
+
+
+def test_shipped_problem_files_are_what_their_script_writes():
+    script = ROOT / DATA / "make_rehearsal_data.py"
+    spec = importlib.util.spec_from_file_location("make_rehearsal_data", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for name in module.PROBLEMS:
+        assert pq.read_table(script.parent / name).to_pylist() == module.rows(name), name
+
+
+def test_tiny(tmp_path):
+    """The default preset: its own tiny model and synthetic task, with a shorter warm start that still
+    leaves some rollouts right (reward variance, so that every step trains on a real gradient)."""
+    args = ["--train.warmup-sft-steps", "200", "--data.prompts-per-step", "4", "--eval.num-problems", "8"]
+    run = rehearse("tiny", args, tmp_path)
+    check_every_step(run.steps, mismatch_max=FP32_MISMATCH, probe_max=None)
+    assert any(0 < m["reward/mean"] < 1 for m in run.steps), [m["reward/mean"] for m in run.steps]
+    assert any(m["optim/grad_norm"] > 0 for m in run.steps)
+
+
+def test_carries(tmp_path):
+    """The carries preset: 4 layers, 40-token worked solutions packed into 512-token micro-batches."""
+    args = [
+        "--train.warmup-sft-steps", "10", "--data.prompts-per-step", "4", "--rollout.n", "4",
+        "--eval.num-problems", "4",
+    ]  # fmt: skip
+    run = rehearse("carries", args, tmp_path)
+    check_every_step(run.steps, mismatch_max=FP32_MISMATCH, probe_max=None)
+    assert yaml.safe_load((run.run_dir / "config.yaml").read_text())["data"]["solution"] == "carries"
+
+
+def test_qwen25_fresh_mtp(tmp_path):
+    """A Qwen2.5-format model (tied embeddings, no MTP weights) gets a fresh MiMo-named head; bf16
+    with activation checkpointing; DAPO-Math rows scored by math-verify in worker processes."""
+    model = tiny_checkpoint(tmp_path / "Qwen2.5-tiny", "qwen2.5")
+    args = [
+        "--model.name-or-path", str(model), "--data.path", TRAIN_FILE, "--eval.path", HELDOUT_FILE,
+        "--eval.num-problems", "4", "--data.prompts-per-step", "4", "--rollout.n", "8",
+        "--rollout.max-new-tokens", "8", "--algorithm.overlong-buffer", "4", "--reward.num-workers", "2",
+        "--train.device", "auto",
+    ]  # fmt: skip
+    run = rehearse("qwen2.5-fresh-mtp", args, tmp_path / "runs")
+    check_every_step(run.steps, mismatch_max=BF16_MISMATCH, probe_max=None)
+    assert any(0 < m["reward/mean"] < 1 for m in run.steps), [m["reward/mean"] for m in run.steps]
+    exported = json.loads((run.run_dir / "model" / "config.json").read_text())
+    assert exported["architectures"] == ["MiMoForCausalLM"] and exported["num_nextn_predict_layers"] == 1
