@@ -71,7 +71,9 @@ def _caller(kernel: str, entropy: bool, hidden, weight, targets, inv_temp, chunk
     row_max, log_sumexp, _, ent = logprob_triton.triton_forward(
         hidden[rows], weight, targets[rows], inv_temp[rows], True
     )
-    g = torch.randn(chunk, device="cuda")
+    g = torch.randn(
+        chunk, device="cuda", generator=torch.Generator("cuda").manual_seed(1)
+    )  # same for every variant
     buf = torch.empty(chunk, V, dtype=DTYPE, device="cuda")
 
     def call():

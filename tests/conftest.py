@@ -1,13 +1,21 @@
-"""Test session setup: without a CUDA device, Triton kernels run under the interpreter.
+"""Test session setup: the CPU thread policy, and without a CUDA device the Triton interpreter.
 
-``TRITON_INTERPRET`` must be set before any Triton kernel module is imported, hence at the top of
-this file, which pytest loads before collecting the tests.
+Both must come before torch and Triton load, hence at the top of this file, which pytest loads
+before collecting the tests: ``import occ_fast`` sets ``OMP_WAIT_POLICY=PASSIVE`` (OpenMP reads it
+once, when torch loads it; idle threads that spin take a core from the other processes of a shared
+machine) in ``os.environ``, so every subprocess a test starts inherits it too; ``threads.apply``
+gives this process its share of the cores (``occ_fast.threads``). ``TRITON_INTERPRET`` must be set
+before any Triton kernel module is imported.
 """
 
 import os
 
-import torch
+from occ_fast import threads
 
+threads.set_wait_policy()  # before torch loads OpenMP (importing occ_fast did it already; said here)
+import torch  # noqa: E402
+
+threads.apply()
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +29,24 @@ def test_importing_the_package_sets_the_wait_policy_before_torch_loads():
     code = "import sys, os, occ_fast; print(os.environ['OMP_WAIT_POLICY'], 'torch' in sys.modules)"
     assert _python(code) == "PASSIVE False"
     assert _python(code, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE False"  # the user's choice stands
+
+
+def test_the_test_suite_loads_torch_under_the_policy():
+    """``tests/conftest.py`` sets the wait policy before torch loads OpenMP, so that the pytest
+    process, and every subprocess a test starts (they inherit its environment), waits passively."""
+    code = (
+        "import os, sys\n"
+        "seen = []\n"
+        "class Probe:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'torch' and not seen:\n"
+        "            seen.append(os.environ.get('OMP_WAIT_POLICY'))\n"
+        "sys.meta_path.insert(0, Probe())\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import conftest\n"
+        "print(seen)\n"
+    )
+    assert _python(code) == "['PASSIVE']"
 
 
 def test_equal_share_of_cores_per_local_process():

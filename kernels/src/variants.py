@@ -80,7 +80,7 @@ def candidates(
     with_entropy: bool,
     version: tuple[int, int],
 ) -> list[Variant]:
-    """Every variant that may run this launch, the default first.
+    """Every variant that may run this launch, the default first (forcing may pick any of them).
 
     ``capability`` None is the Triton interpreter: the small pointer tile by default, every
     Hopper variant when forced (the interpreter checks their arithmetic, not their schedule).
@@ -94,9 +94,10 @@ def candidates(
     if capability is None:
         return [Variant(POINTER, kernel, tiling.INTERPRETER_TILE), *hopper]
     pointer = Variant(POINTER, kernel, tiling.choose(capability, m, dtype))
-    few_rows = m < 128 * tiling.arch_for(capability).multiprocessors // 8
-    if capability < 90 or dtype == torch.float32 or few_rows:
+    if capability < 90 or dtype == torch.float32:
         return [pointer]
+    if m < 128 * tiling.arch_for(capability).multiprocessors // 8:  # few rows: the 64-row pointer tile
+        return [pointer, *hopper]
     return [*hopper, pointer]
 
 

@@ -156,7 +156,7 @@ def one_step_gain(
             held_out = []
             for cfg in (main_only, loss_cfg):
                 lam = oracle_lam if cfg.mtp_regime == "oracle" else None
-                _step(model, optimizer, params, micros, old_logprobs, halves, train_a, cfg, temperature,
+                _step(model, optimizer, micros, old_logprobs, halves, train_a, cfg, temperature,
                       max_response_length, autocast_dtype, lam)  # fmt: skip
                 held_out.append(_held_out_loss(model, micros, old_logprobs, halves, not train_a, loss_cfg,
                                                temperature, autocast_dtype))  # fmt: skip
@@ -167,9 +167,7 @@ def one_step_gain(
     return sum(gains) / len(gains)
 
 
-def _step(
-    model, optimizer, params, micros, olds, halves, in_a, cfg, temperature, max_len, autocast_dtype, lam
-):
+def _step(model, optimizer, micros, olds, halves, in_a, cfg, temperature, max_len, autocast_dtype, lam):
     """One optimizer step on one half's training loss (token means over that half)."""
     outs = [policy_logprobs(model, m, temperature=temperature, autocast_dtype=autocast_dtype) for m in micros]
     masks = [out.gather(h).bool() == in_a for out, h in zip(outs, halves)]
