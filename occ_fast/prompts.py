@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from transformers import PreTrainedTokenizerBase
 
 from occ_fast.data import PromptRecord
@@ -16,7 +18,7 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, record: PromptRecord) -> l
         if tokenizer.chat_template is None:
             raise ValueError(f"{record.source}: chat messages need a tokenizer with a chat template")
         ids = tokenizer.apply_chat_template(record.prompt, add_generation_prompt=True, tokenize=True)
-        if isinstance(ids, dict):  # transformers >= 5 returns a BatchEncoding
+        if isinstance(ids, Mapping):  # transformers >= 5 returns a BatchEncoding (a UserDict, not a dict)
             ids = ids["input_ids"]
     if not ids:
         raise ValueError(f"{record.source}: the prompt encodes to no tokens")

@@ -78,7 +78,9 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
         raise FileNotFoundError(
             f"{directory} holds no tokenizer: expected one of {', '.join(TOKENIZER_FILES)}"
         )
-    tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    # Never the checkpoint's own code (MiMo's config maps to it): a question on stdin would stall the
+    # run, and the tokenizer files load without it.
+    tokenizer = AutoTokenizer.from_pretrained(str(directory), local_files_only=True, trust_remote_code=False)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"tokenizer at {directory} defines no EOS token; generation could never stop")
     if tokenizer.pad_token_id is None:

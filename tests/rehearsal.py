@@ -91,11 +91,13 @@ def chat_tokenizer() -> PreTrainedTokenizerFast:
 @torch.no_grad()
 def answer_with_one_digit(base: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizerFast) -> None:
     """Give a random tiny model behaviour a reward can tell apart: after the chat prompt it samples
-    one digit, nearly uniformly, then ends (``<|im_end|>``); any other token mostly repeats itself.
+    one digit (all ten are drawn, 7 and 0 most often), then ends (``<|im_end|>``); any other token
+    mostly repeats itself.
     Unit-scale embeddings dominate the residual stream (the random layers add little), and the last
     layer's MLP is a lookup whose neuron k fires on token u_k alone and moves the state from u_k's
     embedding to that of what should follow: the digits' mean after the prompt's last token, the end
-    token after a digit. The logits read that state through the (tied or copied) embedding."""
+    token after a digit. The logits read that state through the embedding (tied, or an untied copy
+    whose rows of ordinary tokens are scaled down, so that their next token is uncertain)."""
     embed = base.model.embed_tokens.weight
     hidden = embed.shape[1]
     embed.copy_(torch.randn_like(embed))
@@ -115,7 +117,7 @@ def answer_with_one_digit(base: Qwen2ForCausalLM, tokenizer: PreTrainedTokenizer
         fired = torch.nn.functional.silu(scale * key @ key) * (scale * key @ key)
         mlp.down_proj.weight[:, k] = (target - embed[token]) / fired
     base.model.norm.weight.fill_(LOGIT_SCALE)
-    if not base.config.tie_word_embeddings:  # untied: ordinary tokens get a broad, not a peaked, next token
+    if not base.config.tie_word_embeddings:
         base.lm_head.weight.copy_(embed * UNTIED_ORDINARY_SCALE)
         special = [*digits, tokenizer.eos_token_id]
         base.lm_head.weight[special] = embed[special]
@@ -126,9 +128,8 @@ def tiny_checkpoint(path: Path, checkpoint_format: str) -> Path:
 
     - ``qwen2.5``: Qwen2.5-1.5B-Instruct's, a Qwen2 model with tied embeddings and no MTP weights;
     - ``mimo``: MiMo-7B's, untied, with one MTP layer under ``model.mtp_layers.0`` and MiMo's own
-      ``config.json`` (``model_type: mimo``, remote-code ``auto_map``). Its MTP layer mixes the trunk
-      state and the next token's embedding equally (``P = [I, I]``), so that drafts are right some of
-      the time, not always or never.
+      ``config.json`` (``model_type: mimo``, remote-code ``auto_map``). Its MTP layer, unlike a fresh
+      one (``P = [I, 0]``), reads the next token's embedding as much as the trunk state (``P = [I, I]``).
     """
     tokenizer = chat_tokenizer()
     torch.manual_seed(0)

@@ -1,5 +1,6 @@
-"""Non-finite updates: skipped and counted, and after K in a row the run stops, naming the last good
-checkpoint; metrics.jsonl stays strict JSON and keeps the gradient norm of skipped updates."""
+"""Non-finite updates: skipped and counted, and after K in a row (across RL steps; an applied update
+ends a streak; K = 0 never stops) the run stops, naming the last good checkpoint; metrics.jsonl
+stays strict JSON and keeps the gradient norm of skipped updates."""
 
 from __future__ import annotations
 
@@ -82,10 +83,12 @@ def test_only_updates_skipped_in_a_row_stop_the_run_across_steps(tmp_path, monke
 
 
 def test_max_nonfinite_updates_0_never_stops(tmp_path, monkeypatch):
+    """0 turns the stop off: every update from the second step on is skipped, and the run still ends."""
     poison_updates(monkeypatch, set(range(3, 100)))
     args = fast_args(
-        tmp_path, "r", "--train.steps", "3", "--optim.micro-batch-size", "8", "--optim.max-nonfinite-updates", "0"
-    )
+        tmp_path, "r", "--train.steps", "3", "--optim.micro-batch-size", "8",
+        "--optim.max-nonfinite-updates", "0",
+    )  # fmt: skip
     assert main(args) == 0
     lines = strict_json_lines(tmp_path / "r" / "metrics.jsonl")
     assert [m["optim/nan_skipped"] for m in lines] == [0, 2, 2]

@@ -80,3 +80,16 @@ def test_differences_name_what_moved():
     assert versions.differences(before, {**now, "vLLM": "vllm==0.33.0"})[1] == (
         "vLLM: suite last passed with none, installed vllm==0.33.0"
     )
+
+
+def test_ci_and_the_readme_run_the_recorded_test_commands():
+    """What CI runs, what the README tells users to run and what the version record names are one
+    command per environment: a test file added to one of them alone would run in one place only."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    readme = (ROOT / "README.md").read_text()
+    for name, suite in versions.SUITES.items():
+        command = " ".join(["python", *suite["command"]])
+        ci_command = command.replace("python", ".vllm-venv/bin/python", 1) if name == "vllm" else command
+        prefix = "OCC_FAST_REQUIRE_VLLM=1 " if name == "vllm" else ""
+        assert f"{prefix}{ci_command}\n" in ci, (name, ci_command)
+        assert f"{prefix}{ci_command}" in readme or f"`{prefix}{command}`" in readme, (name, command)

@@ -306,6 +306,13 @@ def load_weights(llm: Any, buckets: Iterable[NamedTensors], *, into_drafter: boo
         raise WeightSyncError(f"vLLM's {where} was sent no tensors")
 
 
+def _skip_tokenizer_warmup_failure(record: logging.LogRecord) -> bool:
+    """Drop the one start-up warning (with a traceback) that vLLM logs because it warms up a chat
+    template without the tokenizer we skip on purpose: prompts arrive as token ids."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not (record.getMessage() == "Chat template warmup failed" and "skip_tokenizer_init" in str(error))
+
+
 def llm_kwargs(
     model_path: str,
     *,
@@ -441,9 +448,12 @@ class VLLMEngine:
         )
         self._vllm = vllm
         rng = capture_rng_state()  # vLLM's worker seeds the global generators with seed + rank
+        renderer_log = logging.getLogger("vllm.renderers.base")
+        renderer_log.addFilter(_skip_tokenizer_warmup_failure)
         try:
             self.llm = vllm.LLM(**{**kwargs, **(engine_kwargs or {})})
         finally:
+            renderer_log.removeFilter(_skip_tokenizer_warmup_failure)
             restore_rng_state(rng)
         self.dtype, self.dtype_name = getattr(torch, dtype), dtype
         self.num_speculative_tokens = num_speculative_tokens if speculative == "mtp" else 0
