@@ -1,5 +1,5 @@
 """Rehearsals of the presets that roll out with the transformers engine (``tests/rehearsal.py``):
-``tiny``, ``carries`` and ``qwen2.5-fresh-mtp``, each run as users run it, resumed, and evaluated.
+``tiny``, ``carries``, ``addition`` and ``qwen2.5-fresh-mtp``, each run as users run it, resumed, and evaluated.
 
 The vLLM preset's rehearsal is in ``tests/test_rehearsal_vllm.py``.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 
 import pyarrow.parquet as pq
 import yaml
@@ -46,6 +47,26 @@ def test_carries(tmp_path):
     run = rehearse("carries", args, tmp_path)
     check_every_step(run.steps, mismatch_max=FP32_MISMATCH, probe_max=None)
     assert yaml.safe_load((run.run_dir / "config.yaml").read_text())["data"]["solution"] == "carries"
+
+
+def test_addition(tmp_path):
+    """The headroom testbed's preset: 3-digit answer-only addition on the carries model, OCC."""
+    args = [
+        "--train.warmup-sft-steps", "10", "--data.prompts-per-step", "4", "--rollout.n", "4",
+        "--eval.num-problems", "4",
+    ]  # fmt: skip
+    run = rehearse("addition", args, tmp_path)
+    check_every_step(run.steps, mismatch_max=FP32_MISMATCH, probe_max=None)
+    assert yaml.safe_load((run.run_dir / "config.yaml").read_text())["data"]["digits"] == 3
+
+
+def test_every_shipped_preset_has_a_rehearsal():
+    """A preset added to occ_fast/configs/ without a rehearsal would ship a path nobody ran."""
+    shipped = {path.stem for path in (ROOT / "occ_fast" / "configs").glob("*.yaml")}
+    rehearsed = set()
+    for test_file in ("test_rehearsal_presets.py", "test_rehearsal_vllm.py"):
+        rehearsed |= set(re.findall(r'rehearse\(\s*"([^"]+)"', (ROOT / "tests" / test_file).read_text()))
+    assert shipped == rehearsed
 
 
 def test_qwen25_fresh_mtp(tmp_path):
