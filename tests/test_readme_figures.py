@@ -35,6 +35,8 @@ ALLOWED = [
     (r"`reward/error_rate` 1\.0|answer `7\.0`", "an input or value a fault test sets"),
     (r"clip defaults are 0\.2 / 0\.28", "the config's clip defaults"),
     (r"Qwen[\d.]*-\d+(?:\.\d+)?B", "a model's name"),
+    (r"\bQwen\d+\.\d+\b", "a model family's name"),
+    (r"mtp_layers\.\d+", "a checkpoint key"),
     (r">= 60% of a bf16", "the kernel's throughput goal"),
 ]
 # A decimal number, or a count with a unit of time or size: what a measurement would look like.
