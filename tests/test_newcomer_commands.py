@@ -145,9 +145,11 @@ def test_eval_command_scores_the_sample_on_a_default_runs_model(runs, default_ru
     results = json.loads((eval_dir / "results.json").read_text())
     bench = results["benchmarks"]["addition_heldout"]
     assert bench["num_problems"] == 32 and bench["k"] == 4
-    assert bench["num_errors"] == bench["num_timeouts"] == bench["num_truncated"] == 0
+    assert bench["num_errors"] == bench["num_timeouts"] == 0
     samples = [json.loads(line) for line in (eval_dir / bench["samples_file"]).read_text().splitlines()]
     assert len(samples) == 32 * 4
+    # the model may run out of tokens on a problem: counted as truncated, never as a score of its own
+    assert bench["num_truncated"] == sum(s["finish_reason"] == "length" for s in samples)
     assert {"problem", "sample", "completion", "answer", "reward", "finish_reason"} <= set(samples[0])
     assert bench["avg_at_k"] == pytest.approx(sum(s["reward"] for s in samples) / len(samples))
     assert 0 < bench["avg_at_k"] <= bench["pass_at_k"] <= 1
