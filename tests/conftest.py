@@ -22,3 +22,22 @@ if not torch.cuda.is_available():
 from triton_interpreter import install  # noqa: E402
 
 install()
+
+import background  # noqa: E402
+import pytest  # noqa: E402
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "background(job): the test asserts on a command its job runs early (tests/background.py)"
+    )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def background_jobs(request, tmp_path_factory):
+    """Queue the jobs of the selected tests, in the order they run; end what still runs at the end."""
+    jobs = [m.kwargs["job"] for item in request.session.items for m in item.iter_markers("background")]
+    tmp_path_factory.getbasetemp()  # made here, before a job's directory is made beside a test's
+    background.start(jobs, lambda name: tmp_path_factory.mktemp(name))
+    yield
+    background.stop()

@@ -19,6 +19,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import background
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -169,16 +170,14 @@ class Rehearsal:
     outputs: list[subprocess.CompletedProcess]
 
 
-def train(args: list[str]) -> subprocess.CompletedProcess:
-    """``python -m occ_fast.train ARGS`` from the repository root, which must exit 0 without a traceback."""
-    out = subprocess.run(
+def train(args: list[str], environ: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``python -m occ_fast.train ARGS`` from the repository root, which must exit 0 without a traceback
+    (``environ``: the environment it starts from, by default this process's)."""
+    out = background.run(
         [sys.executable, "-m", "occ_fast.train", *args],
         cwd=ROOT,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
         timeout=900,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**(os.environ if environ is None else environ), "COLUMNS": "200"},
     )
     command = "python -m occ_fast.train " + " ".join(args)
     assert out.returncode == 0, f"{command}\nexit {out.returncode}\n{out.stderr[-4000:]}"
@@ -189,16 +188,18 @@ def train(args: list[str]) -> subprocess.CompletedProcess:
     return out
 
 
-def rehearse(preset: str, args: list[str], output_dir: Path) -> Rehearsal:
+def rehearse(
+    preset: str, args: list[str], output_dir: Path, environ: dict[str, str] | None = None
+) -> Rehearsal:
     """Steps 0-1 (a checkpoint after each, evaluation after step 1), then a second invocation that
-    resumes the run from its last checkpoint for step 2 (evaluation after it)."""
+    resumes the run from its last checkpoint for step 2 (evaluation after it); ``environ`` as for :func:`train`."""
     common = [
         "--preset", preset, *args,
         "--run.output-dir", str(output_dir), "--run.name", RUN_NAME,
         "--run.save-every", "1", "--eval.every", "2",
     ]  # fmt: skip
-    first = train([*common, "--train.steps", "2"])
-    second = train([*common, "--train.steps", "3", "--run.resume", "must"])
+    first = train([*common, "--train.steps", "2"], environ)
+    second = train([*common, "--train.steps", "3", "--run.resume", "must"], environ)
     run_dir = output_dir / RUN_NAME
     steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in steps] == [0, 1, 2], "each step once, the resumed one after the others"

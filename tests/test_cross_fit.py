@@ -167,3 +167,29 @@ def test_oracle_regime_trains_with_lam_plus_c_cross_over_v2():
     assert abs(want["c_cross"]) > 1e-4
     assert got["oracle/lam"] == pytest.approx(0.7 * want["c_cross"] / want["v2"], rel=1e-5)
     assert got["oracle/v2_cross"] == pytest.approx(want["v2_cross"], rel=1e-5)
+
+
+def test_lam_star_cross_is_0_when_the_halves_disagree_on_the_mtp_direction():
+    """Two prompts with the same response, advantage +1 on one and -1 on the other: the halves'
+    MTP gradients point opposite ways (``v2_cross < 0``), so no MTP weight is supported and
+    ``lam_star_cross`` is 0, not the negative ratio ``c_cross / v2_cross``. With both advantages +1
+    the halves agree and it is that ratio."""
+    model = tiny_model(num_mtp=1, seed=2)
+    params = [p for p in model.base.parameters() if p.requires_grad]
+    response = [5, 9, 14, 7, 22, 3]
+
+    def measured(advantages):
+        samples = [
+            Sample(prompt, response, -torch.full((6,), 0.5), adv)
+            for prompt, adv in zip(([4, 8, 15, 16], [23, 42, 11, 6]), advantages, strict=True)
+        ]
+        micros = make_micro_batches(samples, token_budget=80)
+        return cross_fitted_stats(model, micros, own_logprobs(model, micros), params,
+                                  loss_cfg=LossConfig(mtp_regime="occ"), temperature=TEMPERATURE)  # fmt: skip
+
+    opposed = measured((1.0, -1.0))
+    assert opposed["v2_cross"] < 0 and opposed["c_cross"] != 0
+    assert opposed["lam_star_cross"] == 0.0
+    agreed = measured((1.0, 1.0))
+    assert agreed["v2_cross"] > 0
+    assert agreed["lam_star_cross"] == pytest.approx(agreed["c_cross"] / agreed["v2_cross"], rel=1e-12)

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from occ_fast.experiments import headroom
-from occ_fast.experiments.paired import compare, sign_test_p, t_quantile
+from occ_fast.experiments.paired import compare, comparison_lines, paired, sign_test_p, t_quantile
 
 
 @pytest.mark.parametrize(
@@ -24,6 +24,37 @@ def test_sign_test_by_hand():
     assert sign_test_p(8, 0) == pytest.approx(2 / 256)
     assert sign_test_p(6, 2) == pytest.approx(2 * (1 + 8 + 28) / 256)
     assert sign_test_p(0, 0) == 1.0
+
+
+def test_an_even_split_reads_p_1_not_more():
+    """4 seeds above and 4 below: 2 x (1 + 8 + 28 + 56 + 70) / 256 = 1.27 before the cap; a p-value is at most 1."""
+    assert sign_test_p(4, 4) == 1.0
+    assert sign_test_p(3, 4) == 1.0  # 2 x 64 / 128
+    assert sign_test_p(2, 5) == pytest.approx(2 * (1 + 7 + 21) / 128)
+
+
+def test_a_seed_with_no_difference_counts_neither_above_nor_below():
+    """Ties are dropped from the sign test: 3 above, 0 below, 2 tied reads p = 2 / 8."""
+    got = compare([0.3, 0.0, 0.2, 0.1, 0.0])
+    assert (got["above"], got["below"], got["n"]) == (3, 0, 5)
+    assert got["sign_p"] == pytest.approx(0.25)
+
+
+def test_paired_differences_use_only_the_seeds_the_reference_has():
+    """An arm's extra seed (its reference run failed or is still running) is left out of the
+    comparison, not compared against nothing; so is a seed whose value is missing."""
+    rows = [
+        {"setting": "ref", "seed": 0, "auc": 0.5},
+        {"setting": "ref", "seed": 1, "auc": 0.25},
+        {"setting": "ref", "seed": 3, "auc": None},
+        {"setting": "occ", "seed": 0, "auc": 0.75},
+        {"setting": "occ", "seed": 1, "auc": 0.5},
+        {"setting": "occ", "seed": 2, "auc": 0.9},
+        {"setting": "occ", "seed": 3, "auc": 0.1},
+    ]
+    assert paired(rows, "ref", "occ", "auc") == [0.25, 0.25]
+    (line,) = comparison_lines(rows, "ref", ["ref", "occ"], "auc")[2:]
+    assert line.startswith("| occ | +0.250 | [+0.250, +0.250] | above | 2/0 of 2 | 0.500 | 0.000 |")
 
 
 def test_compare_by_hand():

@@ -10,17 +10,17 @@ also show what they are for: TMA copies (UTMALDG) in the SASS, register re-alloc
 (setmaxnreg) where warp-specialised, the epilogue inside the MMA loop where flattened, and the
 128x256 tile only where it does not spill. Compiled by ``python -m occ_fast.kernels.inspect`` in
 fresh processes (the test session runs the Triton interpreter, which replaces the kernels), one
-per architecture.
+per architecture, early, as a background job (``tests/background.py``).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
+import background
 import pytest
 import torch
 
@@ -32,12 +32,16 @@ OPERANDS = {"bf16": "bf16xbf16", "fp16": "f16xf16", "fp32": "tf32xtf32"}
 TARGET_ROWS = 32768
 
 
-@pytest.fixture(scope="module")
-def compiled() -> list[dict]:
-    pytest.importorskip("triton.backends.nvidia", reason="Triton's NVIDIA backend is not installed")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    procs = [
-        subprocess.Popen(
+def compile_all(directory: Path) -> list[subprocess.CompletedProcess] | None:
+    """``python -m occ_fast.kernels.inspect --all-tiles --json`` for each of ``ARCHS`` (None without
+    Triton's NVIDIA backend, where the tests are skipped)."""
+    try:
+        import triton.backends.nvidia  # noqa: F401
+    except ImportError:
+        return None
+    env = {k: v for k, v in background.ENV.items() if k != "TRITON_INTERPRET"}
+    return [
+        background.run(
             [
                 sys.executable,
                 "-W",
@@ -51,18 +55,23 @@ def compiled() -> list[dict]:
                 "--all-tiles",
                 "--json",
             ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
             env=env,
+            timeout=600,
         )  # fmt: skip
         for arch in ARCHS
     ]
+
+
+pytestmark = pytest.mark.background(job=compile_all)
+
+
+@pytest.fixture(scope="module")
+def compiled() -> list[dict]:
+    pytest.importorskip("triton.backends.nvidia", reason="Triton's NVIDIA backend is not installed")
     rows = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=600)
-        assert out.strip(), err[-3000:]
-        rows += json.loads(out)
+    for done in background.result(compile_all):
+        assert done.stdout.strip(), done.stderr[-3000:]
+        rows += json.loads(done.stdout)
     from occ_fast.kernels.compiled import CompiledReport
     from occ_fast.kernels.inspect import table
 

@@ -34,6 +34,13 @@ def addmm_without_out_argument(input, mat1, mat2, *, out_dtype=None, out=None):
     return addmm_with_out_dtype(input, mat1, mat2, out_dtype=out_dtype, out=out)
 
 
+def addmm_out_dtype_for_fp32_operands_only(input, mat1, mat2, *, out_dtype=None, out=None):
+    """A build whose ``out_dtype`` path takes fp32 operands only: the 16-bit call still fails."""
+    if out_dtype is not None and mat1.dtype != torch.float32:
+        raise RuntimeError(f"addmm: out_dtype={out_dtype} is not supported for {mat1.dtype} operands")
+    return addmm_with_out_dtype(input, mat1, mat2, out_dtype=out_dtype, out=out)
+
+
 @pytest.fixture(autouse=True)
 def fresh_probe():
     logprob_triton._has_fp32_out_addmm.cache_clear()
@@ -45,8 +52,13 @@ def fresh_probe():
 
 @pytest.mark.parametrize(
     ("addmm", "present"),
-    [(None, False), (addmm_with_out_dtype, True), (addmm_without_out_argument, False)],
-    ids=["cpu-torch", "fp32-out", "fp32-out-without-out="],
+    [
+        (None, False),
+        (addmm_with_out_dtype, True),
+        (addmm_without_out_argument, False),
+        (addmm_out_dtype_for_fp32_operands_only, False),
+    ],
+    ids=["cpu-torch", "fp32-out", "fp32-out-without-out=", "fp32-out-for-fp32-operands-only"],
 )
 def test_the_probe_tries_the_call_the_backward_makes(monkeypatch, addmm, present):
     if addmm is not None:

@@ -151,3 +151,49 @@ def test_a_bf16_run_resumes_exactly_from_its_fp32_masters(tmp_path):
     whole_w = load_file(find_latest(whole.run_dir) / MODEL_FILE)
     split_w = load_file(find_latest(split.run_dir) / MODEL_FILE)
     assert all(torch.equal(whole_w[k], split_w[k]) for k in whole_w)
+
+
+def test_fp16_compute_gets_fp32_masters_too():
+    """fp16's ulp is smaller than bf16's but still rounds lr 1e-6 away from most weights: one AdamW
+    step moves every fp32 master by lr (Adam's first step is lr x sign(g), weight decay aside) while
+    the fp16 copy is that master rounded, so weights above ~0.002 in size do not move yet."""
+    batch = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(3))
+    model = tiny_mtp_model().to(torch.float16).train()
+    optimizer = build_optimizer(model, OptimConfig(lr=LR, weight_decay=0.0))
+    assert all(p.dtype == torch.float32 for p in _trained(optimizer))
+    copies = [p for p in model.parameters() if p.requires_grad]
+    with fp32_weights(optimizer):  # the masters, in the model's order
+        masters = [p for p in model.parameters() if p.requires_grad]
+    start = [p.detach().clone() for p in masters]
+    _loss(model, batch).backward()
+    grads = [p.grad.clone() for p in masters]
+    optimizer.step()
+    for m, m0, g, copy16 in zip(masters, start, grads, copies, strict=True):
+        big = g.abs() > 1e-5  # Adam's eps (1e-8) shrinks the step of a near-zero gradient
+        want = (m0.double() - LR * g.sign()).float()
+        ulp = (torch.nextafter(m0, torch.full_like(m0, float("inf"))) - m0).abs()
+        assert ((m - want).abs() <= ulp + 2e-9)[big].all(), "a master did not step by lr"
+        assert copy16.dtype == torch.float16 and torch.equal(copy16, m.to(torch.float16))
+
+
+def test_micro_batch_gradients_add_up_in_fp32_on_the_masters():
+    """Two backward passes before a step (two micro-batches): each master's gradient is the fp32 sum
+    of the two 16-bit gradients, each counted once, as one fp32 accumulation would give."""
+    gen = torch.Generator().manual_seed(5)
+    halves = [torch.randint(0, VOCAB, (1, 12), generator=gen) for _ in range(2)]
+    model = tiny_mtp_model().to(torch.bfloat16).train()
+    reference = copy.deepcopy(model)  # no masters: its .grad is each micro-batch's bf16 gradient
+    want = []
+    for batch in halves:
+        reference.zero_grad(set_to_none=True)
+        (_loss(reference, batch) / 2).backward()
+        want.append([p.grad.float() for p in reference.parameters() if p.requires_grad])
+    optimizer = build_optimizer(model, OptimConfig(lr=LR))
+    for batch in halves:
+        (_loss(model, batch) / 2).backward()
+    copies = [p for p in model.parameters() if p.requires_grad]
+    with fp32_weights(optimizer):  # the masters, in the model's order
+        masters = [p for p in model.parameters() if p.requires_grad]
+    for master, copy16, g1, g2 in zip(masters, copies, *want, strict=True):
+        assert copy16.grad is None  # freed once added to the master
+        assert torch.allclose(master.grad, g1 + g2, rtol=1e-6, atol=1e-12)

@@ -2,22 +2,25 @@
 
 Each runs in a subprocess from the repository root, where a user stands after cloning, and writes
 under ``./runs`` as a user's run does; the test removes what it wrote. The constants below are the
-exact strings the docs quote (``runs/NAME`` is the run directory a command before it wrote).
+exact strings the docs quote (``runs/NAME`` is the run directory a command before it wrote: the
+README's default command, ``tests/default_run.py``). The commands run one at a time, early, as
+background jobs (``tests/background.py``); each test asserts on its command's result.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shlex
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import background
 import pytest
 import yaml
+from default_run import default_run
 
 from occ_fast.config import ConfigError, parse_config
 
@@ -26,9 +29,6 @@ TRAIN_SAMPLE = "occ_fast/data/samples/addition_train.jsonl"
 HELDOUT_SAMPLE = "occ_fast/data/samples/addition_heldout.jsonl"
 REWARD_SPEC = "occ_fast.rewards.examples.partial_credit:reward"
 
-# The run whose model the evaluation reads; the test shortens it to two RL steps (SHORT).
-DEFAULT_RUN_COMMAND = "python -m occ_fast.train"
-SHORT = "--train.steps 2"
 OWN_PROMPTS_COMMAND = (
     f"python -m occ_fast.train --data.source file --data.path {TRAIN_SAMPLE} "
     f"--eval.path {HELDOUT_SAMPLE} --train.steps 2"
@@ -58,10 +58,8 @@ class Runs:
         argv = shlex.split(command.replace("NAME", name) if name else command)
         assert argv[0] == "python"
         before = set(self.parent.iterdir()) if self.parent.is_dir() else set()
-        env = {**os.environ, "COLUMNS": "200"}  # rich's table keeps whole benchmark names
-        out = subprocess.run(
-            [sys.executable, *argv[1:]], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
-        )
+        env = {**background.ENV, "COLUMNS": "200"}  # rich's table keeps whole benchmark names
+        out = background.run([sys.executable, *argv[1:]], cwd=ROOT, timeout=600, env=env)
         new = sorted(set(self.parent.iterdir()) - before) if self.parent.is_dir() else []
         self.created += new
         assert out.returncode == 0, f"{command}\n{out.stderr[-3000:]}"
@@ -70,25 +68,49 @@ class Runs:
         return out, (new[0] if new else None)
 
     def clean(self) -> None:
-        for path in self.created:
-            shutil.rmtree(path, ignore_errors=True)
+        while self.created:
+            shutil.rmtree(self.created.pop(), ignore_errors=True)
         if not self.parent_existed and self.parent.is_dir() and not any(self.parent.iterdir()):
             self.parent.rmdir()
 
 
-@pytest.fixture(scope="module")
+RUNS = Runs()
+background.at_stop(RUNS.clean)  # also when the session ends before this module's tests
+
+
+@pytest.fixture(scope="module", autouse=True)
 def runs():
-    r = Runs()
-    yield r
-    r.clean()
+    yield RUNS
+    RUNS.clean()
 
 
-@pytest.fixture(scope="module")
-def default_run(runs) -> Path:
-    """A default run cut to two RL steps: its model/ is what a default run writes."""
-    _, run_dir = runs.run(f"{DEFAULT_RUN_COMMAND} {SHORT}")
-    assert run_dir is not None and (run_dir / "model" / "config.json").is_file()
+def default_run_in_root(directory: Path) -> Path:
+    """The README's default run, where it would be had it run from the root: its model/ is what a
+    default run writes."""
+    _, source = background.result(default_run)
+    assert (source / "model" / "config.json").is_file()
+    before = set(RUNS.parent.iterdir()) if RUNS.parent.is_dir() else set()
+    run_dir = RUNS.parent / source.name
+    assert run_dir not in before, run_dir
+    shutil.copytree(source, run_dir)
+    RUNS.created.append(run_dir)
     return run_dir
+
+
+def own_prompts_run(directory: Path):
+    return RUNS.run(OWN_PROMPTS_COMMAND)
+
+
+def own_model_run(directory: Path):
+    return RUNS.run(OWN_MODEL_COMMAND, name=background.result(default_run_in_root).name)
+
+
+def eval_run(directory: Path):
+    return RUNS.run(EVAL_COMMAND, name=background.result(default_run_in_root).name)
+
+
+def reward_run(directory: Path):
+    return RUNS.run(REWARD_COMMAND)
 
 
 def metrics(run_dir: Path) -> list[dict]:
@@ -120,8 +142,9 @@ def test_warm_start_with_file_data_is_for_the_tiny_model_only():
         parse_config([*file_data, "--model.name-or-path", "some/model"])
 
 
-def test_own_prompts_command_trains_on_the_file_and_earns_reward(runs):
-    _, run_dir = runs.run(OWN_PROMPTS_COMMAND)
+@pytest.mark.background(job=own_prompts_run)
+def test_own_prompts_command_trains_on_the_file_and_earns_reward():
+    _, run_dir = background.result(own_prompts_run)
     cfg = config(run_dir)
     assert cfg["data"]["source"] == "file" and cfg["data"]["path"] == TRAIN_SAMPLE
     steps = metrics(run_dir)
@@ -131,17 +154,21 @@ def test_own_prompts_command_trains_on_the_file_and_earns_reward(runs):
     assert (run_dir / "model" / "model.safetensors").is_file()
 
 
-def test_own_prompts_from_a_trained_model_needs_no_warm_start(runs, default_run):
-    _, run_dir = runs.run(OWN_MODEL_COMMAND, name=default_run.name)
+@pytest.mark.background(job=own_model_run)
+def test_own_prompts_from_a_trained_model_needs_no_warm_start():
+    _, run_dir = background.result(own_model_run)
+    trained = background.result(default_run_in_root)
     cfg = config(run_dir)
-    assert cfg["model"]["name_or_path"] == f"runs/{default_run.name}/model"
+    assert cfg["model"]["name_or_path"] == f"runs/{trained.name}/model"
     assert cfg["train"]["warmup_sft_steps"] == 0
     assert any(m["reward/mean"] > 0 for m in metrics(run_dir))
 
 
-def test_eval_command_scores_the_sample_on_a_default_runs_model(runs, default_run):
-    out, _ = runs.run(EVAL_COMMAND, name=default_run.name)
-    (eval_dir,) = default_run.glob("eval-*")  # the default output: inside the run directory
+@pytest.mark.background(job=eval_run)
+def test_eval_command_scores_the_sample_on_a_default_runs_model():
+    out, _ = background.result(eval_run)
+    trained = background.result(default_run_in_root)
+    (eval_dir,) = trained.glob("eval-*")  # the default output: inside the run directory
     results = json.loads((eval_dir / "results.json").read_text())
     bench = results["benchmarks"]["addition_heldout"]
     assert bench["num_problems"] == 32 and bench["k"] == 4
@@ -171,8 +198,9 @@ def test_example_reward_function():
     assert [reward(c, "73") for c in (" 73", " 72", " 173", " 9", " +")] == [1, 1 / 2, 2 / 3, 0, 0]
 
 
-def test_reward_command_uses_the_users_function(runs):
-    _, run_dir = runs.run(REWARD_COMMAND)
+@pytest.mark.background(job=reward_run)
+def test_reward_command_uses_the_users_function():
+    _, run_dir = background.result(reward_run)
     assert config(run_dir)["reward"]["fn"] == REWARD_SPEC
     steps = metrics(run_dir)
     assert all(m["reward/errors"] == m["reward/timeouts"] == 0 for m in steps)

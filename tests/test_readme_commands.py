@@ -7,7 +7,10 @@ import re
 import subprocess
 import sys
 
+import background
+import pytest
 import yaml
+from default_run import default_run
 
 
 def run(*args: str, cwd, timeout: float = 600) -> subprocess.CompletedProcess:
@@ -29,10 +32,11 @@ def test_config_dry_run_prints_the_resolved_preset(tmp_path):
     assert cfg["rollout"]["n"] == 16 and cfg["optim"]["lr"] == 1e-6
 
 
-def test_default_command_runs_on_cpu_and_reward_rises(tmp_path):
+@pytest.mark.background(job=default_run)
+def test_default_command_runs_on_cpu_and_reward_rises():
     """``python -m occ_fast.train`` with no arguments: the embedded tiny preset trains and writes its
     outputs. How long it takes is the default-run benchmark's job, not this test's."""
-    out = run("-m", "occ_fast.train", cwd=tmp_path, timeout=1800)
+    out, run_dir = background.result(default_run)  # from an empty directory (tests/default_run.py)
     assert out.returncode == 0, out.stderr[-3000:]
     summary = re.search(
         r"reward ([0-9.]+) \(first step\) -> ([0-9.]+) \(mean of the last 16 steps\) \| final lam ([-+0-9.]+)",
@@ -41,7 +45,6 @@ def test_default_command_runs_on_cpu_and_reward_rises(tmp_path):
     assert summary, out.stderr[-2000:]
     reward_start, reward_end = float(summary.group(1)), float(summary.group(2))
     assert reward_end > reward_start, (reward_start, reward_end)
-    run_dir = next((tmp_path / "runs").iterdir())
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 80 and all("mtp/lam" in m for m in lines)
     for name in ("reward", "occ_lambda", "mtp_accuracy"):

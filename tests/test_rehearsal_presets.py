@@ -1,7 +1,9 @@
 """Rehearsals of the presets that roll out with the transformers engine (``tests/rehearsal.py``):
 ``tiny``, ``carries``, ``addition`` and ``qwen2.5-fresh-mtp``, each run as users run it, resumed, and evaluated.
 
-The vLLM preset's rehearsal is in ``tests/test_rehearsal_vllm.py``.
+The vLLM preset's rehearsal is in ``tests/test_rehearsal_vllm.py``. The three that need nothing built
+in this process run early, as background jobs (``tests/background.py``); each test asserts on its
+rehearsal's result.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import importlib.util
 import json
 import re
 
+import background
 import pyarrow.parquet as pq
+import pytest
 import yaml
 from rehearsal import DATA, HELDOUT_FILE, ROOT, TRAIN_FILE, check_every_step, rehearse, tiny_checkpoint
 
@@ -28,34 +32,49 @@ def test_shipped_problem_files_are_what_their_script_writes():
         assert pq.read_table(script.parent / name).to_pylist() == module.rows(name), name
 
 
-def test_tiny(tmp_path):
+def rehearse_tiny(directory):
+    args = ["--train.warmup-sft-steps", "200", "--data.prompts-per-step", "4", "--eval.num-problems", "8"]
+    return rehearse("tiny", args, directory, background.ENV)
+
+
+def rehearse_carries(directory):
+    args = [
+        "--train.warmup-sft-steps", "10", "--data.prompts-per-step", "4", "--rollout.n", "4",
+        "--eval.num-problems", "4",
+    ]  # fmt: skip
+    return rehearse("carries", args, directory, background.ENV)
+
+
+def rehearse_addition(directory):
+    args = [
+        "--train.warmup-sft-steps", "10", "--data.prompts-per-step", "4", "--rollout.n", "4",
+        "--eval.num-problems", "4",
+    ]  # fmt: skip
+    return rehearse("addition", args, directory, background.ENV)
+
+
+@pytest.mark.background(job=rehearse_tiny)
+def test_tiny():
     """The default preset: its own tiny model and synthetic task, with a shorter warm start that still
     leaves some rollouts right (reward variance, so that every step trains on a real gradient)."""
-    args = ["--train.warmup-sft-steps", "200", "--data.prompts-per-step", "4", "--eval.num-problems", "8"]
-    run = rehearse("tiny", args, tmp_path)
+    run = background.result(rehearse_tiny)
     check_every_step(run.steps, mismatch_max=FP32_MISMATCH, probe_max=None)
     assert any(0 < m["reward/mean"] < 1 for m in run.steps), [m["reward/mean"] for m in run.steps]
     assert any(m["optim/grad_norm"] > 0 for m in run.steps)
 
 
-def test_carries(tmp_path):
+@pytest.mark.background(job=rehearse_carries)
+def test_carries():
     """The carries preset: 4 layers, 40-token worked solutions packed into 512-token micro-batches."""
-    args = [
-        "--train.warmup-sft-steps", "10", "--data.prompts-per-step", "4", "--rollout.n", "4",
-        "--eval.num-problems", "4",
-    ]  # fmt: skip
-    run = rehearse("carries", args, tmp_path)
+    run = background.result(rehearse_carries)
     check_every_step(run.steps, mismatch_max=FP32_MISMATCH, probe_max=None)
     assert yaml.safe_load((run.run_dir / "config.yaml").read_text())["data"]["solution"] == "carries"
 
 
-def test_addition(tmp_path):
+@pytest.mark.background(job=rehearse_addition)
+def test_addition():
     """The headroom testbed's preset: 3-digit answer-only addition on the carries model, OCC."""
-    args = [
-        "--train.warmup-sft-steps", "10", "--data.prompts-per-step", "4", "--rollout.n", "4",
-        "--eval.num-problems", "4",
-    ]  # fmt: skip
-    run = rehearse("addition", args, tmp_path)
+    run = background.result(rehearse_addition)
     check_every_step(run.steps, mismatch_max=FP32_MISMATCH, probe_max=None)
     assert yaml.safe_load((run.run_dir / "config.yaml").read_text())["data"]["digits"] == 3
 

