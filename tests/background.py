@@ -19,7 +19,7 @@ import signal
 import subprocess
 import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +90,9 @@ def stop() -> None:
     _stopping.set()
     with _lock:
         for proc in _procs:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
     if _worker is not None:
         _worker.join()
     while _finalizers:
@@ -101,6 +102,18 @@ def stop() -> None:
 def at_stop(fn: Callable[[], None]) -> None:
     """Call ``fn`` when the session ends (after the worker), e.g. to remove what jobs wrote outside a temporary directory."""
     _finalizers.append(fn)
+
+
+def environ() -> Mapping[str, str]:
+    """The environment a command starts from: :data:`ENV` in a job, this process's in a test."""
+    return ENV if threading.current_thread() is _worker else os.environ
+
+
+def track(proc: subprocess.Popen) -> subprocess.Popen:
+    """Let :func:`stop` end ``proc``'s process group (started with ``start_new_session=True``) if it still runs."""
+    with _lock:
+        _procs.add(proc)
+    return proc
 
 
 def result(fn: Callable[[Path], Any]) -> Any:
@@ -127,7 +140,7 @@ def run(
         proc = subprocess.Popen(
             argv,
             cwd=cwd,
-            env=ENV if env is None else env,
+            env=dict(environ()) if env is None else env,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=err,
@@ -138,9 +151,12 @@ def run(
             _procs.add(proc)
         try:
             proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
+        except subprocess.TimeoutExpired as timed_out:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+            out.seek(0)
+            err.seek(0)
+            timed_out.output, timed_out.stderr = out.read(), err.read()
             raise
         finally:
             with _lock:

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import background
 import pytest
 
 FAST = [
@@ -56,7 +57,7 @@ def arithmetic_rows(count: int) -> list[dict]:
 
 def trainer_env(**extra: str) -> dict[str, str]:
     """A trainer subprocess's environment: single-process, and ``fault_rewards`` importable."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **extra}
+    env = {**background.environ(), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **extra}
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get("PYTHONPATH")) if p)
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
@@ -75,6 +76,7 @@ class Trainer:
             text=True,
             start_new_session=True,
         )
+        background.track(self.proc)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=lambda: self.lines.extend(self.proc.stdout), daemon=True)
         self._reader.start()

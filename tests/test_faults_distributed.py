@@ -2,7 +2,8 @@
 with one checkpoint; SIGKILL of one rank mid-run is recovered by ``--run.resume auto``; the run that
 went through both ends where an uninterrupted one does. Rollouts are sampled with each prompt's own
 seed (``tests/seeded_rollouts.py``), as in ``tests/test_train_distributed.py``, so the 2-rank run and
-the single-process reference sample the same completions."""
+the single-process reference sample the same completions. The torchrun parts run early, as
+background jobs (``tests/background.py``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+import background
 import pytest
 import seeded_rollouts
 import torch
@@ -28,7 +30,7 @@ STEPS = 4
 
 def start_torchrun(args: list[str]) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    return subprocess.Popen(
+    agent = subprocess.Popen(
         [*cmd, str(TESTS_DIR / "seeded_rollouts.py"), *args],
         env=trainer_env(),
         stdout=subprocess.PIPE,
@@ -36,6 +38,7 @@ def start_torchrun(args: list[str]) -> subprocess.Popen:
         text=True,
         start_new_session=True,
     )
+    return background.track(agent)
 
 
 def finish(proc: subprocess.Popen) -> tuple[int, str]:
@@ -77,8 +80,10 @@ def wait_for_checkpoint(run_dir: Path, after: int, agent: subprocess.Popen) -> i
     )
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="finds the rank processes through /proc")
-def test_sigterm_to_one_rank_then_sigkill_then_resume_ends_like_an_uninterrupted_run(tmp_path, monkeypatch):
+def interrupted_run(tmp_path: Path) -> Path | None:
+    """Steps 1-3 of the test below, under ``tmp_path`` (returned; None off Linux, where it is skipped)."""
+    if sys.platform != "linux":
+        return None
     run_dir = tmp_path / "faulty"
     args = argv(tmp_path, "faulty", STEPS)
 
@@ -104,7 +109,14 @@ def test_sigterm_to_one_rank_then_sigkill_then_resume_ends_like_an_uninterrupted
     # 3. Resume again, to the end.
     code, output = finish(start_torchrun([*args, "--run.resume", "auto"]))
     assert code == 0, output[-6000:]
+    return tmp_path
 
+
+@pytest.mark.skipif(sys.platform != "linux", reason="finds the rank processes through /proc")
+@pytest.mark.background(job=interrupted_run)
+def test_sigterm_to_one_rank_then_sigkill_then_resume_ends_like_an_uninterrupted_run(monkeypatch):
+    tmp_path = background.result(interrupted_run)  # 1.-3. (above)
+    run_dir = tmp_path / "faulty"
     seeded_rollouts.install(monkeypatch)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the ranks run (OMP_NUM_THREADS=1): see test_train_distributed.one_thread
@@ -123,10 +135,8 @@ def test_sigterm_to_one_rank_then_sigkill_then_resume_ends_like_an_uninterrupted
         torch.testing.assert_close(got_weights[name], want_weights[name], rtol=0, atol=4e-6, msg=name)
 
 
-def test_full_disk_on_rank_0_stops_every_rank_at_a_checkpoint_of_the_step(tmp_path):
-    """Only rank 0 writes metrics, so only rank 0 meets a full disk there: every rank must stop at the
-    same step, with a checkpoint of it that all of them wrote, instead of rank 1 waiting for rank 0
-    in the next step's collectives until the process group times out."""
+def full_disk_run(tmp_path: Path) -> None:
+    """The test below, under ``tmp_path``."""
     run_dir = tmp_path / "r"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     agent = subprocess.Popen(
@@ -137,7 +147,7 @@ def test_full_disk_on_rank_0_stops_every_rank_at_a_checkpoint_of_the_step(tmp_pa
         text=True,
         start_new_session=True,
     )
-    code, output = finish(agent)
+    code, output = finish(background.track(agent))
     assert code == 1, output[-6000:]
     checkpoint = run_dir / "checkpoints" / "step_000000001"
     lines = [line for line in output.splitlines() if "no space left on device" in line]
@@ -147,3 +157,11 @@ def test_full_disk_on_rank_0_stops_every_rank_at_a_checkpoint_of_the_step(tmp_pa
         f"{checkpoint}; resume with: torchrun --nproc-per-node 2"
     ) in " ".join(lines[0].split()), output[-6000:]
     assert find_latest(run_dir) == checkpoint
+
+
+@pytest.mark.background(job=full_disk_run)
+def test_full_disk_on_rank_0_stops_every_rank_at_a_checkpoint_of_the_step():
+    """Only rank 0 writes metrics, so only rank 0 meets a full disk there: every rank must stop at the
+    same step, with a checkpoint of it that all of them wrote, instead of rank 1 waiting for rank 0
+    in the next step's collectives until the process group times out."""
+    background.result(full_disk_run)  # asserts all of it (above)

@@ -3,7 +3,8 @@ the holder, before it writes anything there; once the holder is killed, the next
 its stale lock with a note. Under torchrun the job holds the lock (rank 0), not each rank.
 
 The first run is held in a step by a reward that hangs (``fault_rewards.hang_after_calls``), so the
-second one certainly starts while the first trains."""
+second one certainly starts while the first trains. Each test's trainers run early, as a background
+job (``tests/background.py``) that asserts what the test asserts."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 
+import background
 import pytest
 from faults_helpers import SUBPROCESS_TIMEOUT_S, Trainer, fast_args, run_trainer, trainer_env
 from test_faults_distributed import rank_pid
@@ -42,7 +44,7 @@ def assert_refused_naming(code: int, output: str, pid: int) -> None:
     assert "occ_fast.train" in line and "--run.name r" in line, line
 
 
-def test_a_second_run_under_the_same_name_is_refused_until_the_first_is_killed(tmp_path):
+def second_run_under_the_same_name(tmp_path) -> None:
     run_dir = tmp_path / "r"
     args = fast_args(tmp_path, "r", "--train.steps", "2", *HANGING)
     first = Trainer(args, **hang_env(tmp_path, 0))  # hangs in step 0, its config.yaml written
@@ -63,7 +65,7 @@ def test_a_second_run_under_the_same_name_is_refused_until_the_first_is_killed(t
     assert "lr: 0.0005" in (run_dir / "config.yaml").read_text()
 
 
-def test_resume_auto_against_a_live_run_is_refused_and_takes_over_once_it_is_killed(tmp_path):
+def resume_auto_against_a_live_run(tmp_path) -> None:
     run_dir = tmp_path / "r"
     args = fast_args(tmp_path, "r", "--train.steps", "3", "--run.save-every", "1", *HANGING)
     first = Trainer(args, **hang_env(tmp_path, 16))  # step 0 trained and saved, then hangs in step 1
@@ -86,8 +88,9 @@ def test_resume_auto_against_a_live_run_is_refused_and_takes_over_once_it_is_kil
     assert find_latest(run_dir).name == "step_000000002"
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="finds the rank processes through /proc")
-def test_a_torchrun_job_holds_the_lock_once_not_per_rank(tmp_path):
+def torchrun_job_holding_the_lock(tmp_path) -> None:
+    if sys.platform != "linux":  # the test is skipped
+        return
     args = fast_args(tmp_path, "r", "--train.steps", "2", "--train.device", "cpu", *HANGING)
     log = tmp_path / "job.log"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -98,6 +101,7 @@ def test_a_torchrun_job_holds_the_lock_once_not_per_rank(tmp_path):
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    background.track(agent)
     try:
         deadline = time.monotonic() + SUBPROCESS_TIMEOUT_S
         while not (tmp_path / "hanging").exists():
@@ -110,6 +114,22 @@ def test_a_torchrun_job_holds_the_lock_once_not_per_rank(tmp_path):
         rank_pid(agent, 1)
     finally:
         kill_job(agent)
+
+
+@pytest.mark.background(job=second_run_under_the_same_name)
+def test_a_second_run_under_the_same_name_is_refused_until_the_first_is_killed():
+    background.result(second_run_under_the_same_name)  # asserts all of it (above)
+
+
+@pytest.mark.background(job=resume_auto_against_a_live_run)
+def test_resume_auto_against_a_live_run_is_refused_and_takes_over_once_it_is_killed():
+    background.result(resume_auto_against_a_live_run)  # asserts all of it (above)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="finds the rank processes through /proc")
+@pytest.mark.background(job=torchrun_job_holding_the_lock)
+def test_a_torchrun_job_holds_the_lock_once_not_per_rank():
+    background.result(torchrun_job_holding_the_lock)  # asserts all of it (above)
 
 
 def kill_job(agent: subprocess.Popen) -> None:

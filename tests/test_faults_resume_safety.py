@@ -10,6 +10,7 @@ import json
 import shutil
 from pathlib import Path
 
+import background
 import pytest
 from faults_helpers import fast_args, run_trainer
 from test_train_distributed import torchrun
@@ -176,15 +177,15 @@ def test_no_intact_checkpoint_is_refused_naming_each_with_why(finished, tmp_path
     )
 
 
-def test_damaged_sharded_checkpoint_is_named_and_the_newest_intact_one_resumes_exactly(tmp_path, monkeypatch):
-    """2 ranks; the flipped bit is in the shard that rank 1 verifies: rank 0 must hear of it."""
-    monkeypatch.setenv("COLUMNS", "1000")  # torchrun's ranks inherit it
+def damaged_sharded_checkpoint(tmp_path: Path) -> None:
+    """The test below, under ``tmp_path``."""
+    wide = {"COLUMNS": "1000"}  # torchrun's ranks inherit it
     args = [*fast_args(tmp_path, "dp", *FLAGS, "--train.steps", "2"), "--train.device", "cpu"]
-    done = torchrun(args)
+    done = torchrun(args, **wide)
     assert done.returncode == 0, done.stderr[-6000:]
     shutil.copytree(tmp_path / "dp", tmp_path / "reference")
     flip_a_bit(checkpoint_dir(tmp_path / "dp", 1) / "dcp" / "__0_0.distcp")
-    done = torchrun([*args, "--run.resume", "auto"])
+    done = torchrun([*args, "--run.resume", "auto"], **wide)
     output = done.stdout + done.stderr
     assert done.returncode == 0 and "Traceback" not in output, output[-6000:]
     line_with(
@@ -193,3 +194,9 @@ def test_damaged_sharded_checkpoint_is_named_and_the_newest_intact_one_resumes_e
         f"resuming from the newest intact one, {checkpoint_dir(tmp_path / 'dp', 0)}",
     )
     assert metrics(tmp_path / "dp") == metrics(tmp_path / "reference")
+
+
+@pytest.mark.background(job=damaged_sharded_checkpoint)
+def test_damaged_sharded_checkpoint_is_named_and_the_newest_intact_one_resumes_exactly():
+    """2 ranks; the flipped bit is in the shard that rank 1 verifies: rank 0 must hear of it."""
+    background.result(damaged_sharded_checkpoint)  # asserts all of it (above), early (tests/background.py)

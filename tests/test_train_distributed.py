@@ -20,6 +20,7 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import background
 import pytest
 import seeded_rollouts
 import torch
@@ -85,10 +86,10 @@ def weights(run_dir) -> dict[str, torch.Tensor]:
     return load_file(run_dir / "model" / "model.safetensors")
 
 
-def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
+def torchrun(args: list[str], nproc: int = 2, **extra_env: str) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    path = os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    path = os.pathsep.join(filter(None, [TESTS, background.environ().get("PYTHONPATH")]))
+    env = {**background.environ(), **extra_env, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     proc = subprocess.Popen(
@@ -99,6 +100,7 @@ def torchrun(args: list[str], nproc: int = 2) -> subprocess.CompletedProcess:
         text=True,
         start_new_session=True,
     )
+    background.track(proc)
     try:
         stdout, stderr = proc.communicate(timeout=TORCHRUN_TIMEOUT_S)
     except subprocess.TimeoutExpired:
@@ -132,13 +134,30 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """2 steps on 2 ranks, and the same 2 steps in one process."""
-    out = tmp_path_factory.mktemp("dp")
+def two_rank_run(out) -> tuple:
+    """2 steps on 2 ranks, under ``out``."""
     done = torchrun(argv(out, "dp", 2))
     if done.returncode != 0:
         pytest.fail(f"torchrun trainer failed ({done.returncode}):\n{done.stderr[-8000:]}")
+    return out, done
+
+
+def two_rank_run_resumed_on_two_ranks(_) -> None:
+    """The 2-rank run continued to 3 steps on 2 ranks (``dp-on-2`` beside it)."""
+    out, _ = background.result(two_rank_run)
+    resumed(out, "dp", "dp-on-2", 3, nproc=2)
+
+
+RUNS, RESUMES = (
+    pytest.mark.background(job=two_rank_run),
+    pytest.mark.background(job=two_rank_run_resumed_on_two_ranks),
+)
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """2 steps on 2 ranks (early, as a background job: tests/background.py), and the same 2 steps in one process."""
+    out, done = background.result(two_rank_run)
     with pytest.MonkeyPatch.context() as monkeypatch:
         seeded_rollouts.install(monkeypatch)
         train(parse_config(argv(out, "single", 2)))
@@ -154,10 +173,12 @@ def resumes(runs):
         seeded_rollouts.install(monkeypatch)
         train(parse_config(argv(out, "single-3", 3)))
         resumed(out, "dp", "dp-on-1", 3)
-    resumed(out, "dp", "dp-on-2", 3, nproc=2)
+    background.result(two_rank_run_resumed_on_two_ranks)
     return out
 
 
+@RUNS
+@RESUMES
 def test_runs_have_reward_variance(resumes):
     """Non-zero advantages at every step: the comparisons below see a real gradient."""
     for m in metrics(resumes / "single-3"):
@@ -165,6 +186,7 @@ def test_runs_have_reward_variance(resumes):
         assert m["optim/grad_norm"] > 0 and m["policy/loss"] != 0, m
 
 
+@RUNS
 def test_two_ranks_train_like_one_process(runs):
     out, _ = runs
     dp, single = metrics(out / "dp"), metrics(out / "single")
@@ -185,6 +207,7 @@ def test_two_ranks_train_like_one_process(runs):
         torch.testing.assert_close(got[name], want[name], rtol=0, atol=2e-6, msg=name)
 
 
+@RUNS
 def test_two_rank_run_writes_sharded_checkpoints_and_a_full_export(runs):
     out, done = runs
     checkpoints = sorted((out / "dp" / "checkpoints").iterdir())
@@ -196,6 +219,8 @@ def test_two_rank_run_writes_sharded_checkpoints_and_a_full_export(runs):
     assert done.stderr.count("done 2 steps") == 1  # rank 0 alone reports
 
 
+@RUNS
+@RESUMES
 @pytest.mark.parametrize("name", ["dp-on-2", "dp-on-1"])
 def test_two_rank_checkpoint_resumes_on_two_ranks_or_one(resumes, name):
     out = resumes
@@ -211,6 +236,7 @@ def test_two_rank_checkpoint_resumes_on_two_ranks_or_one(resumes, name):
     assert (meta["step"], meta.get("format")) == (2, "dcp" if name == "dp-on-2" else None)
 
 
+@RUNS
 def test_single_process_checkpoint_does_not_load_under_fsdp(runs):
     out, _ = runs
     checkpoint = sorted((out / "single" / "checkpoints").iterdir())[-1]
