@@ -31,6 +31,7 @@ from occ_fast.checkpointing.sharded import export_hf, save_sharded_checkpoint
 from occ_fast.checkpointing.single_process import save_checkpoint
 from occ_fast.config import Config, ConfigError, parse_config
 from occ_fast.data import DatasetError
+from occ_fast.distributed.process_group import exit_rank
 from occ_fast.model import ModelDirError, save_mtp_model
 from occ_fast.monitoring.health import TrainingHalted
 from occ_fast.monitoring.interrupt import GracefulStop, Interrupted, resume_command
@@ -227,4 +228,4 @@ def save(run: Run, step: int) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_rank(main())

@@ -21,9 +21,10 @@ TINY = dict(
     rms_norm_eps=1e-6,
     tie_word_embeddings=False,
 )
-# The engine tests' model: large enough for vLLM's CPU kernels (head dim 64), small enough to load fast.
-ENGINE_QWEN2 = dict(
-    vocab_size=512,
+# The engine tests' model: large enough for vLLM's CPU kernels (hidden 128 in 2 heads: vLLM's CPU
+# attention needs a head dimension of at least 32), small enough to load fast. The preset rehearsals
+# (``rehearsal.py``) build their tiny models in these sizes too, with their own tokenizer's vocabulary.
+ENGINE_SIZES = dict(
     hidden_size=128,
     intermediate_size=256,
     num_hidden_layers=2,
@@ -31,6 +32,7 @@ ENGINE_QWEN2 = dict(
     num_key_value_heads=1,
     max_position_embeddings=512,
 )
+ENGINE_QWEN2 = dict(vocab_size=512, **ENGINE_SIZES)
 CONFIGS = {
     "qwen2": lambda: Qwen2Config(**TINY),
     "llama": lambda: LlamaConfig(**TINY),

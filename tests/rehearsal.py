@@ -21,6 +21,7 @@ from pathlib import Path
 
 import background
 import torch
+from model_helpers import ENGINE_SIZES
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
@@ -47,15 +48,6 @@ MIMO_CONFIG = {
         "AutoModelForCausalLM": "modeling_mimo.MiMoForCausalLM",
     },
 }
-# Hidden 128 in 2 heads: vLLM's CPU attention needs a head dimension of at least 32.
-SIZES = dict(
-    hidden_size=128,
-    intermediate_size=256,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    num_key_value_heads=1,
-    max_position_embeddings=512,
-)
 LOGIT_SCALE = 0.25  # the final norm's weight: logits of a few units, so that sampling has choices
 UNTIED_ORDINARY_SCALE = 0.1  # lm_head rows of tokens other than digits and the end token, untied
 
@@ -135,7 +127,7 @@ def tiny_checkpoint(path: Path, checkpoint_format: str) -> Path:
     tokenizer = chat_tokenizer()
     torch.manual_seed(0)
     config = Qwen2Config(
-        **SIZES,
+        **ENGINE_SIZES,  # the engine tests' model sizes: vLLM's CPU kernels run it
         vocab_size=len(tokenizer),
         tie_word_embeddings=checkpoint_format == "qwen2.5",
         bos_token_id=None,

@@ -9,9 +9,12 @@ engine still samples from the current weights; only the source of its uniforms c
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
+import os
 import sys
 import zlib
+from pathlib import Path
 
 from occ_fast.rollout import TransformersEngine
 
@@ -38,8 +41,22 @@ def install(monkeypatch=None) -> None:
         monkeypatch.setattr(TransformersEngine, "generate", generate_seeded_per_prompt)
 
 
+def record_exit(directory: str) -> None:
+    """Let a rank leave two files in ``directory``: ``threads-RANK`` (the threads still running once
+    the run has ended) and ``teardown-RANK`` (written only if the interpreter's teardown runs)."""
+    rank = os.environ.get("RANK", "0")
+    names = sorted(
+        Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in os.listdir("/proc/self/task")
+    )
+    Path(directory, f"threads-{rank}").write_text("\n".join(names))
+    atexit.register(Path(directory, f"teardown-{rank}").write_text, "the interpreter's teardown ran")
+
+
 if __name__ == "__main__":
-    from occ_fast.train import main
+    from occ_fast.train import exit_rank, main
 
     install()
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    if "SEEDED_ROLLOUTS_EXIT_DIR" in os.environ and sys.platform == "linux":
+        record_exit(os.environ["SEEDED_ROLLOUTS_EXIT_DIR"])
+    exit_rank(code)

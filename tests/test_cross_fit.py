@@ -14,9 +14,12 @@ import torch
 from test_diagnostics import TEMPERATURE, VOCAB, make_samples, mini_batch, stats, tiny_model
 
 from occ_fast.algorithm import LossConfig, compute_loss
+from occ_fast.config import OptimConfig
 from occ_fast.monitoring.cross_fit import cross_fitted_stats, one_step_gain, prompt_halves
 from occ_fast.policy.batching import Sample, make_micro_batches
 from occ_fast.policy.forward import policy_logprobs
+from occ_fast.training.master_weights import MasterAdamW, fp32_weights
+from occ_fast.training.optim import build_optimizer
 from occ_fast.training.update import update_mini_batch
 from occ_fast.training.update_stats import UpdateStats
 
@@ -193,3 +196,24 @@ def test_lam_star_cross_is_0_when_the_halves_disagree_on_the_mtp_direction():
     agreed = measured((1.0, 1.0))
     assert agreed["v2_cross"] > 0
     assert agreed["lam_star_cross"] == pytest.approx(agreed["c_cross"] / agreed["v2_cross"], rel=1e-12)
+
+
+def test_one_step_gain_restores_the_fp32_master_weights_of_a_bf16_model():
+    """A bf16 model trains its fp32 masters: the measured trial steps must leave them as they were,
+    or the diagnostic's steps stay in the run (the compute copies alone would look restored)."""
+    model = tiny_model(num_mtp=1, seed=5).to(torch.bfloat16)
+    samples = [Sample(s.prompt_ids, s.response_ids, s.rollout_logprobs, 1.0 if s.response_ids[0] % 2 else -1.0)
+               for s in null_batch(seed=3)]  # fmt: skip
+    micros = make_micro_batches(samples, token_budget=80)
+    olds = own_logprobs(model, micros)
+    optimizer = build_optimizer(model, OptimConfig(lr=1e-2))
+    assert isinstance(optimizer, MasterAdamW)
+    with fp32_weights(optimizer):
+        masters = [p.detach().clone() for p in model.parameters()]
+    compute = [p.detach().clone() for p in model.parameters()]
+    one_step_gain(model, optimizer, micros, olds, loss_cfg=LossConfig(mtp_regime="policy", mtp_coef=0.5),
+                  temperature=TEMPERATURE, max_response_length=8, autocast_dtype=torch.bfloat16)  # fmt: skip
+    with fp32_weights(optimizer):
+        assert all(torch.equal(p, m) for p, m in zip(model.parameters(), masters, strict=True))
+    assert all(torch.equal(p, c) for p, c in zip(model.parameters(), compute, strict=True))
+    assert not optimizer.state  # no AdamW moments from the trial steps either

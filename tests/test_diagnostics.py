@@ -14,7 +14,8 @@ from torch import nn
 
 from occ_fast.algorithm import LossConfig, compute_loss, padded_response_entries, policy_loss
 from occ_fast.model import MTPModel
-from occ_fast.monitoring.diagnostics import _accumulate, exact_gradient_stats, proxy_exact_correlation
+from occ_fast.monitoring.cross_fit import accumulate_gradients
+from occ_fast.monitoring.diagnostics import exact_gradient_stats, proxy_exact_correlation
 from occ_fast.policy.batching import Sample, make_micro_batches
 from occ_fast.policy.forward import policy_logprobs
 from occ_fast.training.update import update_mini_batch
@@ -244,7 +245,7 @@ def test_gradient_sums_do_not_share_aliased_autograd_outputs():
     weights = torch.arange(3.0)
     sums = [None, None]
     for _ in range(2):
-        _accumulate(sums, ((w1 + w2) * weights).sum(), [w1, w2], retain_graph=False)
+        accumulate_gradients(sums, ((w1 + w2) * weights).sum(), [w1, w2], retain_graph=False)
     assert torch.equal(sums[0], 2 * weights) and torch.equal(sums[1], 2 * weights)
 
 

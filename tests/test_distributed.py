@@ -10,9 +10,6 @@ single-process run of the same batch.
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +17,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.distributed as dist
+from gloo_group import RANK_ENV, gloo_ranks, run_two_ranks
 from model_helpers import small_qwen2_mtp
 from test_batching import VOCAB, random_samples, tiny_model
 from torch.distributed.checkpoint.state_dict import (
@@ -192,8 +190,14 @@ def full_grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def worker(out: Path) -> None:
-    info = init_distributed(device_type="cpu", timeout_s=60)
-    rank, world = info.rank, info.world_size
+    with gloo_ranks() as info:
+        results = rank_results(info.rank, info.world_size, out)
+        if info.rank == 0:
+            torch.save(results, out / "results.pt")
+
+
+def rank_results(rank: int, world: int, out: Path) -> dict:
+    """What rank ``rank`` computes for the tests; the checkpoints it saves and exports go under ``out``."""
     results: dict = {"world_size": world}
 
     model = shard_model(tiny_model(SEED), mixed_precision=False)
@@ -254,10 +258,7 @@ def worker(out: Path) -> None:
     mixed.reshard()  # the root keeps its bf16 unsharded parameters after forward until resharded
     sharded = mixed.base.lm_head.weight
     results["mixed_dtypes"] = (head_weight.dtype, type(sharded).__name__, sharded.dtype)
-
-    if rank == 0:
-        torch.save(results, out / "results.pt")
-    dist.destroy_process_group()
+    return results
 
 
 # ---- the tests -----------------------------------------------------------------------------------
@@ -266,29 +267,7 @@ def worker(out: Path) -> None:
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("dist")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        __file__,
-        str(out),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        _, stderr = proc.communicate(timeout=TORCHRUN_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # torchrun and the workers it started
-        _, stderr = proc.communicate()
-        pytest.fail(f"torchrun worker hung for {TORCHRUN_TIMEOUT_S} s:\n{stderr[-6000:]}")
-    if proc.returncode != 0:
-        pytest.fail(f"torchrun worker failed ({proc.returncode}):\n{stderr[-6000:]}")
+    run_two_ranks(__file__, out, TORCHRUN_TIMEOUT_S)
     return out, torch.load(out / "results.pt", weights_only=False)
 
 
@@ -475,7 +454,7 @@ def test_sharded_checkpoint_in_one_process_restores_rng_and_prunes(tmp_path):
 
 
 def test_init_distributed_single_process(monkeypatch):
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    for name in RANK_ENV:
         monkeypatch.delenv(name, raising=False)
     info = init_distributed(device_type="cpu", timeout_s=60)
     assert (info.rank, info.world_size, info.local_rank, info.device, info.is_main) == (

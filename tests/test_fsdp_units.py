@@ -7,21 +7,17 @@ This file is also the torchrun worker (``__main__``): it writes what it saw for 
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
+from gloo_group import gloo_ranks, run_two_ranks
 from model_helpers import small_qwen2_mtp
 from torch.distributed.fsdp import FSDPModule
 from torch.distributed.tensor import DTensor, Shard
 
 from occ_fast.distributed.fsdp import shard_model
-from occ_fast.distributed.process_group import init_distributed
 
 VOCAB, TIMEOUT_S = 96, 150
 
@@ -52,39 +48,16 @@ def observe(tie: bool) -> dict:
 
 
 def worker(out: Path) -> None:
-    init_distributed(device_type="cpu", timeout_s=60)
-    seen = {tie: observe(tie) for tie in (False, True)}
-    if dist.get_rank() == 0:
-        torch.save(seen, out / "seen.pt")
-    dist.destroy_process_group()
+    with gloo_ranks() as info:
+        seen = {tie: observe(tie) for tie in (False, True)}
+        if info.rank == 0:
+            torch.save(seen, out / "seen.pt")
 
 
 @pytest.fixture(scope="module")
 def seen(tmp_path_factory: pytest.TempPathFactory) -> dict:
     out = tmp_path_factory.mktemp("units")
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        __file__,
-        str(out),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    proc = subprocess.Popen(
-        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
-    try:
-        _, stderr = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        _, stderr = proc.communicate()
-        pytest.fail(f"torchrun worker hung for {TIMEOUT_S} s:\n{stderr[-6000:]}")
-    if proc.returncode != 0:
-        pytest.fail(f"torchrun worker failed ({proc.returncode}):\n{stderr[-6000:]}")
+    run_two_ranks(__file__, out, TIMEOUT_S)
     return torch.load(out / "seen.pt", weights_only=False)
 
 

@@ -135,8 +135,9 @@ def one_thread():
 
 
 def two_rank_run(out) -> tuple:
-    """2 steps on 2 ranks, under ``out``."""
-    done = torchrun(argv(out, "dp", 2))
+    """2 steps on 2 ranks, under ``out`` (each rank records its exit in ``out/exit``)."""
+    (out / "exit").mkdir()
+    done = torchrun(argv(out, "dp", 2), SEEDED_ROLLOUTS_EXIT_DIR=str(out / "exit"))
     if done.returncode != 0:
         pytest.fail(f"torchrun trainer failed ({done.returncode}):\n{done.stderr[-8000:]}")
     return out, done
@@ -234,6 +235,23 @@ def test_two_rank_checkpoint_resumes_on_two_ranks_or_one(resumes, name):
         torch.testing.assert_close(got[key], want[key], rtol=0, atol=4e-6, msg=key)
     meta = json.loads((sorted((out / name / "checkpoints").iterdir())[-1] / "meta.json").read_text())
     assert (meta["step"], meta.get("format")) == (2, "dcp" if name == "dp-on-2" else None)
+
+
+@RUNS
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the rank's threads from /proc")
+def test_finished_ranks_leave_without_the_interpreters_teardown(runs):
+    """gloo's threads outlive ``destroy_process_group`` (the FSDP2 mesh stays referenced), and tearing
+    them down with the interpreter can abort a rank whose run has finished and saved (SIGABRT,
+    "terminate called without an active exception": torchrun then reports the job failed). A
+    finished rank therefore leaves at once, its output flushed: the interpreter's teardown never runs."""
+    out, done = runs
+    for rank in (0, 1):
+        threads = (out / "exit" / f"threads-{rank}").read_text().split()
+        assert "pt_gloo_runloop" in threads, (
+            f"torch now ends gloo's threads ({threads}): the fast exit can go"
+        )
+        assert not (out / "exit" / f"teardown-{rank}").exists(), f"rank {rank} ran the interpreter's teardown"
+    assert done.returncode == 0 and done.stderr.rstrip().endswith(f"run directory: {out / 'dp'}")
 
 
 @RUNS

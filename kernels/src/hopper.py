@@ -2,9 +2,11 @@
 
 The same contract and math as :mod:`.logprob_triton` (online log-sum-exp, target gather and
 entropy in fp32 over ``(row block, vocabulary slice)`` programs in grouped order; the backward's
-``dlogits`` tile), with the operand loads through tensor descriptors built on the device: the
-Tensor Memory Accelerator copies each ``[BLOCK, BLOCK_K]`` box of ``hidden`` and ``weight`` into
-shared memory, zero-filled past the edges (no masks, no address arithmetic in the K loop). A
+``dlogits`` tile), through the very same epilogues (its ``@triton.jit`` helpers
+``_online_softmax_step``, ``_store_partials`` and ``_store_dlogits``, inlined by Triton), with the
+operand loads through tensor descriptors built on the device: the Tensor Memory Accelerator copies
+each ``[BLOCK, BLOCK_K]`` box of ``hidden`` and ``weight`` into shared memory, zero-filled past the
+edges (no masks, no address arithmetic in the K loop). A
 :class:`~.variants.Variant` adds, on top of that:
 
 - ``warp_specialize``: the outer loop (the forward's vocabulary loop, dlogits' K loop) is
@@ -27,7 +29,16 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .logprob_triton import _MASKED_LOGIT, Launch, _grouped_program, dot_precision, forward_v_per_split
+from .logprob_triton import (
+    _MASKED_LOGIT,
+    Launch,
+    _grouped_program,
+    _online_softmax_step,
+    _store_dlogits,
+    _store_partials,
+    dot_precision,
+    forward_v_per_split,
+)
 
 
 @triton.jit
@@ -117,24 +128,15 @@ def _forward_tma_kernel(
         acc = _logit_tile_tma(h_desc, w_desc, row0, v0, H, BLOCK_M, BLOCK_V, BLOCK_K, DOT_PRECISION, False)
         offs_v = v0 + tl.arange(0, BLOCK_V)
         col_ok = offs_v < v_end
-        z = tl.where(col_ok[None, :], acc * inv_temp[:, None], _MASKED_LOGIT)
-        target_logit += tl.sum(tl.where(offs_v[None, :] == targets[:, None], z, 0.0), axis=1)
-        new_max = tl.maximum(run_max, tl.max(z, axis=1))
-        shift = run_max - new_max
-        rescale = tl.exp(shift)
-        shifted = z - new_max[:, None]
-        p = tl.exp(shifted)
-        if WITH_ENTROPY:
-            run_sum_shifted = (run_sum_shifted + shift * run_sum) * rescale + tl.sum(p * shifted, axis=1)
-        run_sum = run_sum * rescale + tl.sum(p, axis=1)
-        run_max = new_max
+        run_max, run_sum, run_sum_shifted, target_logit = _online_softmax_step(
+            acc, offs_v, col_ok, targets, inv_temp, run_max, run_sum, run_sum_shifted, target_logit,
+            WITH_ENTROPY,
+        )  # fmt: skip
 
-    out = pid_split.to(tl.int64) * M + offs_m
-    tl.store(max_ptr + out, run_max, mask=row_ok)
-    tl.store(sumexp_ptr + out, run_sum, mask=row_ok)
-    tl.store(target_logit_ptr + out, target_logit, mask=row_ok)
-    if WITH_ENTROPY:
-        tl.store(sumexp_shifted_ptr + out, run_sum_shifted, mask=row_ok)
+    _store_partials(
+        max_ptr, sumexp_ptr, sumexp_shifted_ptr, target_logit_ptr, pid_split, M, offs_m, row_ok,
+        run_max, run_sum, run_sum_shifted, target_logit, WITH_ENTROPY,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -178,26 +180,10 @@ def _dlogits_tma_kernel(
     acc = _logit_tile_tma(
         h_desc, w_desc, row0, col0, H, BLOCK_M, BLOCK_V, BLOCK_K, DOT_PRECISION, WARP_SPECIALIZE
     )
-    inv_temp = tl.load(inv_temp_ptr + offs_m, mask=row_ok, other=1.0)
-    row_max = tl.load(row_max_ptr + offs_m, mask=row_ok, other=0.0)
-    log_sumexp = tl.load(log_sumexp_ptr + offs_m, mask=row_ok, other=0.0)
-    g1 = tl.load(g_logprob_ptr + offs_m, mask=row_ok, other=0.0)
-    targets = tl.load(targets_ptr + offs_m.to(tl.int64) * stride_t, mask=row_ok, other=-1)
-    logp = (acc * inv_temp[:, None] - row_max[:, None]) - log_sumexp[:, None]
-    p = tl.exp(logp)
-    if WITH_ENTROPY:
-        g2 = tl.load(g_entropy_ptr + offs_m, mask=row_ok, other=0.0)
-        entropy = tl.load(entropy_ptr + offs_m, mask=row_ok, other=0.0)
-        grad = -p * (g1[:, None] + g2[:, None] * (logp + entropy[:, None]))
-    else:
-        grad = -p * g1[:, None]
-    grad = tl.where(offs_v[None, :] == targets[:, None], grad + g1[:, None], grad)
-    grad = grad * inv_temp[:, None]
-    tl.store(
-        dlogits_ptr + offs_m.to(tl.int64)[:, None] * stride_dm + offs_v[None, :],
-        grad.to(dlogits_ptr.dtype.element_ty),
-        mask=row_ok[:, None] & col_ok[None, :],
-    )
+    _store_dlogits(
+        acc, offs_m, offs_v, row_ok, col_ok, targets_ptr, inv_temp_ptr, row_max_ptr, log_sumexp_ptr,
+        entropy_ptr, g_logprob_ptr, g_entropy_ptr, dlogits_ptr, stride_t, stride_dm, WITH_ENTROPY,
+    )  # fmt: skip
 
 
 class _TmaLaunch(Launch):

@@ -82,6 +82,106 @@ def _grouped_program(pid, row_blocks, col_blocks, GROUP_M: tl.constexpr):
 
 
 @triton.jit
+def _online_softmax_step(
+    acc,
+    offs_v,
+    col_ok,
+    targets,
+    inv_temp,
+    run_max,
+    run_sum,
+    run_sum_shifted,
+    target_logit,
+    WITH_ENTROPY: tl.constexpr,
+):
+    """Fold one fp32 logit tile (``acc``, columns ``offs_v``) into each row's running state.
+
+    Returns the new ``(run_max, run_sum, run_sum_shifted, target_logit)``: the online
+    log-sum-exp, ``sum p * (z - max)`` relative to the running max (kept only ``WITH_ENTROPY``)
+    and the target's logit. Columns outside ``col_ok`` count as ``_MASKED_LOGIT``.
+    """
+    z = tl.where(col_ok[None, :], acc * inv_temp[:, None], _MASKED_LOGIT)
+    target_logit = target_logit + tl.sum(tl.where(offs_v[None, :] == targets[:, None], z, 0.0), axis=1)
+    new_max = tl.maximum(run_max, tl.max(z, axis=1))
+    shift = run_max - new_max
+    rescale = tl.exp(shift)
+    shifted = z - new_max[:, None]
+    p = tl.exp(shifted)
+    if WITH_ENTROPY:
+        run_sum_shifted = (run_sum_shifted + shift * run_sum) * rescale + tl.sum(p * shifted, axis=1)
+    run_sum = run_sum * rescale + tl.sum(p, axis=1)
+    return new_max, run_sum, run_sum_shifted, target_logit
+
+
+@triton.jit
+def _store_partials(
+    max_ptr,
+    sumexp_ptr,
+    sumexp_shifted_ptr,
+    target_logit_ptr,
+    pid_split,
+    M,
+    offs_m,
+    row_ok,
+    run_max,
+    run_sum,
+    run_sum_shifted,
+    target_logit,
+    WITH_ENTROPY: tl.constexpr,
+):
+    """Write one vocabulary slice's per-row partials into the ``[splits, M]`` outputs."""
+    out = pid_split.to(tl.int64) * M + offs_m
+    tl.store(max_ptr + out, run_max, mask=row_ok)
+    tl.store(sumexp_ptr + out, run_sum, mask=row_ok)
+    tl.store(target_logit_ptr + out, target_logit, mask=row_ok)
+    if WITH_ENTROPY:
+        tl.store(sumexp_shifted_ptr + out, run_sum_shifted, mask=row_ok)
+
+
+@triton.jit
+def _store_dlogits(
+    acc,
+    offs_m,
+    offs_v,
+    row_ok,
+    col_ok,
+    targets_ptr,
+    inv_temp_ptr,
+    row_max_ptr,
+    log_sumexp_ptr,
+    entropy_ptr,
+    g_logprob_ptr,
+    g_entropy_ptr,
+    dlogits_ptr,
+    stride_t,
+    stride_dm,
+    WITH_ENTROPY: tl.constexpr,
+):
+    """Store ``dlogits`` of one fp32 logit tile (``acc``: rows ``offs_m``, columns ``offs_v``) in
+    ``dlogits_ptr``'s dtype: ``((onehot(target) - p) * g1 - p * g2 * (logp + entropy)) / T``."""
+    inv_temp = tl.load(inv_temp_ptr + offs_m, mask=row_ok, other=1.0)
+    row_max = tl.load(row_max_ptr + offs_m, mask=row_ok, other=0.0)
+    log_sumexp = tl.load(log_sumexp_ptr + offs_m, mask=row_ok, other=0.0)
+    g1 = tl.load(g_logprob_ptr + offs_m, mask=row_ok, other=0.0)
+    targets = tl.load(targets_ptr + offs_m.to(tl.int64) * stride_t, mask=row_ok, other=-1)
+    logp = (acc * inv_temp[:, None] - row_max[:, None]) - log_sumexp[:, None]
+    p = tl.exp(logp)
+    if WITH_ENTROPY:
+        g2 = tl.load(g_entropy_ptr + offs_m, mask=row_ok, other=0.0)
+        entropy = tl.load(entropy_ptr + offs_m, mask=row_ok, other=0.0)
+        grad = -p * (g1[:, None] + g2[:, None] * (logp + entropy[:, None]))
+    else:
+        grad = -p * g1[:, None]
+    grad = tl.where(offs_v[None, :] == targets[:, None], grad + g1[:, None], grad)
+    grad = grad * inv_temp[:, None]
+    tl.store(
+        dlogits_ptr + offs_m.to(tl.int64)[:, None] * stride_dm + offs_v[None, :],
+        grad.to(dlogits_ptr.dtype.element_ty),
+        mask=row_ok[:, None] & col_ok[None, :],
+    )
+
+
+@triton.jit
 def _forward_kernel(
     hidden_ptr,
     weight_ptr,
@@ -127,24 +227,15 @@ def _forward_kernel(
             hidden_ptr, weight_ptr, offs_m, offs_v, row_ok, col_ok, H, stride_hm, stride_hk, stride_wv,
             stride_wk, BLOCK_M, BLOCK_V, BLOCK_K, DOT_PRECISION,
         )  # fmt: skip
-        z = tl.where(col_ok[None, :], acc * inv_temp[:, None], _MASKED_LOGIT)
-        target_logit += tl.sum(tl.where(offs_v[None, :] == targets[:, None], z, 0.0), axis=1)
-        new_max = tl.maximum(run_max, tl.max(z, axis=1))
-        shift = run_max - new_max
-        rescale = tl.exp(shift)
-        shifted = z - new_max[:, None]
-        p = tl.exp(shifted)
-        if WITH_ENTROPY:
-            run_sum_shifted = (run_sum_shifted + shift * run_sum) * rescale + tl.sum(p * shifted, axis=1)
-        run_sum = run_sum * rescale + tl.sum(p, axis=1)
-        run_max = new_max
+        run_max, run_sum, run_sum_shifted, target_logit = _online_softmax_step(
+            acc, offs_v, col_ok, targets, inv_temp, run_max, run_sum, run_sum_shifted, target_logit,
+            WITH_ENTROPY,
+        )  # fmt: skip
 
-    out = pid_split.to(tl.int64) * M + offs_m
-    tl.store(max_ptr + out, run_max, mask=row_ok)
-    tl.store(sumexp_ptr + out, run_sum, mask=row_ok)
-    tl.store(target_logit_ptr + out, target_logit, mask=row_ok)
-    if WITH_ENTROPY:
-        tl.store(sumexp_shifted_ptr + out, run_sum_shifted, mask=row_ok)
+    _store_partials(
+        max_ptr, sumexp_ptr, sumexp_shifted_ptr, target_logit_ptr, pid_split, M, offs_m, row_ok,
+        run_max, run_sum, run_sum_shifted, target_logit, WITH_ENTROPY,
+    )  # fmt: skip
 
 
 @triton.jit
@@ -185,26 +276,10 @@ def _dlogits_kernel(
         hidden_ptr, weight_ptr, offs_m, offs_v, row_ok, col_ok, H, stride_hm, stride_hk, stride_wv,
         stride_wk, BLOCK_M, BLOCK_V, BLOCK_K, DOT_PRECISION,
     )  # fmt: skip
-    inv_temp = tl.load(inv_temp_ptr + offs_m, mask=row_ok, other=1.0)
-    row_max = tl.load(row_max_ptr + offs_m, mask=row_ok, other=0.0)
-    log_sumexp = tl.load(log_sumexp_ptr + offs_m, mask=row_ok, other=0.0)
-    g1 = tl.load(g_logprob_ptr + offs_m, mask=row_ok, other=0.0)
-    targets = tl.load(targets_ptr + offs_m.to(tl.int64) * stride_t, mask=row_ok, other=-1)
-    logp = (acc * inv_temp[:, None] - row_max[:, None]) - log_sumexp[:, None]
-    p = tl.exp(logp)
-    if WITH_ENTROPY:
-        g2 = tl.load(g_entropy_ptr + offs_m, mask=row_ok, other=0.0)
-        entropy = tl.load(entropy_ptr + offs_m, mask=row_ok, other=0.0)
-        grad = -p * (g1[:, None] + g2[:, None] * (logp + entropy[:, None]))
-    else:
-        grad = -p * g1[:, None]
-    grad = tl.where(offs_v[None, :] == targets[:, None], grad + g1[:, None], grad)
-    grad = grad * inv_temp[:, None]
-    tl.store(
-        dlogits_ptr + offs_m.to(tl.int64)[:, None] * stride_dm + offs_v[None, :],
-        grad.to(dlogits_ptr.dtype.element_ty),
-        mask=row_ok[:, None] & col_ok[None, :],
-    )
+    _store_dlogits(
+        acc, offs_m, offs_v, row_ok, col_ok, targets_ptr, inv_temp_ptr, row_max_ptr, log_sumexp_ptr,
+        entropy_ptr, g_logprob_ptr, g_entropy_ptr, dlogits_ptr, stride_t, stride_dm, WITH_ENTROPY,
+    )  # fmt: skip
 
 
 @dataclass

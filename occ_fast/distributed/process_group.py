@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -105,3 +107,20 @@ def barrier() -> None:
     """Wait for every rank (nothing in a single process)."""
     if dist.is_initialized():
         dist.barrier()
+
+
+def exit_rank(code: int) -> NoReturn:
+    """End the process with ``code``; a torchrun rank skips the interpreter's teardown.
+
+    ``destroy_process_group`` leaves gloo's threads running (the FSDP2 device mesh, and with it the
+    backend, stays referenced by DTensor state that outlives the run), and destroying them during
+    the interpreter's teardown can abort a rank whose run has finished and saved (SIGABRT,
+    "terminate called without an active exception"): torchrun then reports the job failed. The run
+    has closed its files when this is called; the log handlers and streams are flushed here.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        sys.exit(code)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

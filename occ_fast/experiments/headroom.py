@@ -44,7 +44,7 @@ from occ_fast.rewards import RewardScorer
 from occ_fast.rollout import TransformersEngine
 from occ_fast.train import train
 from occ_fast.training.build import build_model, build_tokenizer, resolve_device, synthetic_records
-from occ_fast.training.warm_start import warm_start
+from occ_fast.training.warm_start import configured_warm_start
 
 ARMS = ("detach", "detach-lr1.5x", "ce-1.0", "policy-0.1", "occ", "oracle")
 LR_FACTOR = 1.5
@@ -184,17 +184,7 @@ def build_warm_start(args: argparse.Namespace, seed: int, console: Console) -> d
         return trajectory[-1][1] >= args.threshold
 
     begin = time.perf_counter()
-    warm_start(
-        model,
-        tokenizer,
-        synthetic_records(cfg, "train", cfg.data.train_problems, "data.train_problems"),
-        steps=cfg.train.warmup_sft_steps,
-        lr=cfg.train.sft_lr,
-        batch_size=cfg.train.sft_batch_size,
-        seed=cfg.train.seed,
-        token_budget=cfg.optim.micro_batch_tokens,
-        on_step=check,
-    )
+    configured_warm_start(cfg, model, tokenizer, on_step=check)
     partial = target.with_name(target.name + ".partial")
     save_mtp_model(model, partial, tokenizer=tokenizer)
     steps = trajectory[-1][0] if trajectory else 0

@@ -25,7 +25,8 @@ from occ_fast.algorithm.rollout_mismatch import rollout_is_weights
 from occ_fast.algorithm.sequences import sequence_index
 from occ_fast.model import MTPModel
 from occ_fast.policy.batching import MicroBatch
-from occ_fast.policy.forward import policy_logprobs
+from occ_fast.policy.forward import HeadOutputs, policy_logprobs
+from occ_fast.training.master_weights import fp32_weights
 
 GRADIENTS = ("rl_a", "rl_b", "mtp_a", "mtp_b", "ce_a", "ce_b")
 
@@ -134,10 +135,11 @@ def one_step_gain(
     One optimizer step on half A with the training loss of ``loss_cfg``, and the same step without
     its MTP term (``mtp_regime='none'``); the main ``PolicyLoss`` of half B after each; their
     difference (without minus with), and the same with the halves swapped, averaged. Positive: the
-    MTP term lowered the held-out loss. Parameters and optimizer state are restored afterwards."""
+    MTP term lowered the held-out loss. Parameters (the fp32 masters of a 16-bit model, which the
+    optimizer steps) and optimizer state are restored afterwards."""
     halves = prompt_halves(micros)
-    params = [p for p in model.parameters() if p.requires_grad]
-    saved_params = [p.detach().clone() for p in params]
+    with fp32_weights(optimizer):
+        saved_params = [p.detach().clone() for p in model.parameters() if p.requires_grad]
     saved_state = copy.deepcopy(optimizer.state_dict())
     main_only = dataclasses.replace(loss_cfg, mtp_regime="none", mtp_head_ce_coef=0.0)
     oracle_lam = None
@@ -160,10 +162,10 @@ def one_step_gain(
                       max_response_length, autocast_dtype, lam)  # fmt: skip
                 held_out.append(_held_out_loss(model, micros, old_logprobs, halves, not train_a, loss_cfg,
                                                temperature, autocast_dtype))  # fmt: skip
-                _restore(params, saved_params, optimizer, saved_state)
+                _restore(model, saved_params, optimizer, saved_state)
             gains.append(held_out[0] - held_out[1])
     finally:
-        _restore(params, saved_params, optimizer, saved_state)
+        _restore(model, saved_params, optimizer, saved_state)
     return sum(gains) / len(gains)
 
 
@@ -212,9 +214,11 @@ def _held_out_loss(model, micros, olds, halves, in_a, cfg, temperature, autocast
     return total / max(tokens, 1.0)
 
 
-def _restore(params, saved, optimizer, state) -> None:
-    with torch.no_grad():
-        for p, value in zip(params, saved):
+def _restore(model, saved, optimizer, state) -> None:
+    """Parameters and optimizer state back to ``saved`` and ``state``; leaving ``fp32_weights``
+    rounds restored masters into the compute copies."""
+    with torch.no_grad(), fp32_weights(optimizer):
+        for p, value in zip([p for p in model.parameters() if p.requires_grad], saved, strict=True):
             p.copy_(value)
     optimizer.load_state_dict(copy.deepcopy(state))
     optimizer.zero_grad(set_to_none=True)
@@ -222,10 +226,51 @@ def _restore(params, saved, optimizer, state) -> None:
 
 def _half_gradients(model, micros, olds, params, cfg, temperature, autocast_dtype):
     """Summed (not normalised) gradients of the six half terms, and each term's token count."""
-    clip = {"eps_low": cfg.eps_low, "eps_high": cfg.eps_high, "dual_clip_c": cfg.dual_clip_c}
     sums: dict[str, list[Tensor | None]] = {name: [None] * len(params) for name in GRADIENTS}
     counts = dict.fromkeys(GRADIENTS, 0.0)
     for micro, lp_old, half in zip(micros, olds, prompt_halves(micros)):
+        scored = ScoredMicroBatch.forward(model, micro, lp_old, cfg, temperature, autocast_dtype)
+        out = scored.out
+        in_a = out.gather(half).bool()
+        terms = []
+        for name, mask in (("a", in_a), ("b", ~in_a)):
+            mtp_mask = out.mtp_mask(1) & mask
+            main, mtp = scored.policy_losses(mask.float(), mtp_mask, num_tokens=1.0, mtp_num_tokens=1.0)
+            ce = -(out.heads[1].logprob * mtp_mask).sum()
+            terms += [
+                (f"rl_{name}", main, mask),
+                (f"mtp_{name}", mtp, mtp_mask),
+                (f"ce_{name}", ce, mtp_mask),
+            ]
+        for i, (name, loss, mask) in enumerate(terms):
+            counts[name] += float(mask.sum())
+            accumulate_gradients(
+                sums[name], loss, params, retain_graph=i < len(terms) - 1, dtype=torch.float64
+            )
+    return sums, counts
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class ScoredMicroBatch:
+    """One micro-batch's forward with its advantages and TIS weights in scored-token order: the
+    exact and the cross-fitted diagnostics build their ``PolicyLoss`` terms from it one way."""
+
+    out: HeadOutputs
+    lp_old: Tensor
+    advantages: Tensor
+    is_weights: Tensor
+    cfg: LossConfig
+
+    @classmethod
+    def forward(
+        cls,
+        model: MTPModel,
+        micro: MicroBatch,
+        lp_old: Tensor,
+        cfg: LossConfig,
+        temperature: float,
+        autocast_dtype: torch.dtype | None,
+    ) -> ScoredMicroBatch:
         out = policy_logprobs(model, micro, temperature=temperature, autocast_dtype=autocast_dtype)
         advantages = out.gather(micro.advantages)
         is_weights = rollout_is_weights(
@@ -238,35 +283,41 @@ def _half_gradients(model, micros, olds, params, cfg, temperature, autocast_dtyp
             sequence_ids=out.gather(sequence_index(micro.position_ids)),
             num_sequences=micro.num_samples,
         )
-        in_a = out.gather(half).bool()
-        terms = []
-        for name, mask in (("a", in_a), ("b", ~in_a)):
-            mtp_mask = out.mtp_mask(1) & mask
-            main, _ = policy_loss(lp_old, out.heads[0].logprob, advantages, mask.float(), num_tokens=1.0,
-                                  is_weights=is_weights, **clip)  # fmt: skip
-            mtp, _ = policy_loss(lp_old, out.heads[1].logprob, advantages, mtp_mask, num_tokens=1.0,
-                                 is_weights=is_weights, **clip)  # fmt: skip
-            ce = -(out.heads[1].logprob * mtp_mask).sum()
-            terms += [
-                (f"rl_{name}", main, mask),
-                (f"mtp_{name}", mtp, mtp_mask),
-                (f"ce_{name}", ce, mtp_mask),
-            ]
-        for i, (name, loss, mask) in enumerate(terms):
-            counts[name] += float(mask.sum())
-            _accumulate(sums[name], loss, params, retain_graph=i < len(terms) - 1)
-    return sums, counts
+        return cls(out, lp_old, advantages, is_weights, cfg)
+
+    def policy_losses(
+        self, mask: Tensor, mtp_mask: Tensor, *, num_tokens: Tensor | float, mtp_num_tokens: Tensor | float
+    ) -> tuple[Tensor, Tensor]:
+        """The main and the MTP depth-1 ``PolicyLoss`` (unit coefficient) over their masked tokens."""
+        cfg = self.cfg
+        clip = {"eps_low": cfg.eps_low, "eps_high": cfg.eps_high, "dual_clip_c": cfg.dual_clip_c}
+        main, _ = policy_loss(self.lp_old, self.out.heads[0].logprob, self.advantages, mask,
+                              num_tokens=num_tokens, is_weights=self.is_weights, **clip)  # fmt: skip
+        mtp, _ = policy_loss(self.lp_old, self.out.heads[1].logprob, self.advantages, mtp_mask,
+                             num_tokens=mtp_num_tokens, is_weights=self.is_weights, **clip)  # fmt: skip
+        return main, mtp
 
 
-def _accumulate(
-    sums: list[Tensor | None], loss: Tensor, params: list[nn.Parameter], *, retain_graph: bool
+def accumulate_gradients(
+    sums: list[Tensor | None],
+    loss: Tensor,
+    params: list[nn.Parameter],
+    *,
+    retain_graph: bool,
+    dtype: torch.dtype | None = None,
 ) -> None:
-    if not loss.requires_grad:
+    """Add ``d loss / d params`` into ``sums``, in ``dtype`` (default fp32, or the gradient's if wider);
+    parameters the loss does not reach stay None."""
+    if not loss.requires_grad:  # nothing trainable upstream (e.g. a frozen, detached MTP head)
         return
     grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
     for i, grad in enumerate(grads):
-        if grad is not None:
-            sums[i] = grad.double() if sums[i] is None else sums[i] + grad.double()
+        if grad is None:
+            continue
+        if sums[i] is None:  # copy: autograd may hand the same tensor to two parameters
+            sums[i] = grad.to(dtype or torch.promote_types(grad.dtype, torch.float32), copy=True)
+        else:
+            sums[i].add_(grad)
 
 
 def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:

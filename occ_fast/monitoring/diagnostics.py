@@ -22,13 +22,16 @@ from occ_fast.algorithm import (
     LossConfig,
     compute_loss,
     padded_response_entries,
-    policy_loss,
 )
 from occ_fast.algorithm.occ import gap_form
-from occ_fast.algorithm.rollout_mismatch import rollout_is_weights
 from occ_fast.algorithm.sequences import sequence_index
 from occ_fast.model import MTPModel
-from occ_fast.monitoring.cross_fit import cross_fitted_stats, one_step_gain
+from occ_fast.monitoring.cross_fit import (
+    ScoredMicroBatch,
+    accumulate_gradients,
+    cross_fitted_stats,
+    one_step_gain,
+)
 from occ_fast.policy.batching import MicroBatch
 from occ_fast.policy.forward import policy_logprobs
 
@@ -269,42 +272,18 @@ def _exact_pass(
     autocast_dtype: torch.dtype | None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(<g_RL, g_MTP>, ||g_MTP||^2, ||g_RL||^2)`` (fp64) of the mini-batch gradients on ``params``."""
-    clip = {"eps_low": loss_cfg.eps_low, "eps_high": loss_cfg.eps_high, "dual_clip_c": loss_cfg.dual_clip_c}
     g_rl: list[Tensor | None] = [None] * len(params)
     g_mtp: list[Tensor | None] = [None] * len(params)
     for micro, lp_old in zip(micros, old_logprobs):
-        out = policy_logprobs(model, micro, temperature=temperature, autocast_dtype=autocast_dtype)
-        advantages = out.gather(micro.advantages)
-        is_weights = rollout_is_weights(
-            lp_old,
-            out.gather(micro.rollout_logprobs),
+        scored = ScoredMicroBatch.forward(model, micro, lp_old, loss_cfg, temperature, autocast_dtype)
+        main_loss, mtp_loss = scored.policy_losses(
             torch.ones_like(lp_old),
-            cap=loss_cfg.tis_cap,
-            level=loss_cfg.tis_level,
-            mask_band=loss_cfg.is_mask_band,
-            sequence_ids=out.gather(sequence_index(micro.position_ids)),
-            num_sequences=micro.num_samples,
-        )
-        main_loss, _ = policy_loss(
-            lp_old,
-            out.heads[0].logprob,
-            advantages,
-            torch.ones_like(lp_old),
+            scored.out.mtp_mask(1),
             num_tokens=num_tokens,
-            is_weights=is_weights,
-            **clip,
+            mtp_num_tokens=mtp1_num_tokens,
         )
-        mtp_loss, _ = policy_loss(
-            lp_old,
-            out.heads[1].logprob,
-            advantages,
-            out.mtp_mask(1),
-            num_tokens=mtp1_num_tokens,
-            is_weights=is_weights,
-            **clip,
-        )
-        _accumulate(g_mtp, mtp_loss, params, retain_graph=True)
-        _accumulate(g_rl, main_loss, params, retain_graph=False)
+        accumulate_gradients(g_mtp, mtp_loss, params, retain_graph=True)
+        accumulate_gradients(g_rl, main_loss, params, retain_graph=False)
     zero = torch.zeros((), dtype=torch.float64, device=params[0].device)
     c, v2, rl2 = zero, zero, zero
     for a, b in zip(g_rl, g_mtp):
@@ -315,22 +294,6 @@ def _exact_pass(
         if a is not None and b is not None:
             c = c + (a * b).sum(dtype=torch.float64)
     return c, v2, rl2
-
-
-def _accumulate(
-    sums: list[Tensor | None], loss: Tensor, params: list[nn.Parameter], *, retain_graph: bool
-) -> None:
-    """Add ``d loss / d params`` into ``sums`` (fp32 or wider); parameters the loss does not reach stay None."""
-    if not loss.requires_grad:  # nothing trainable upstream (e.g. a frozen, detached MTP head)
-        return
-    grads = torch.autograd.grad(loss, params, retain_graph=retain_graph, allow_unused=True)
-    for i, grad in enumerate(grads):
-        if grad is None:
-            continue
-        if sums[i] is None:  # copy: autograd may hand the same tensor to two parameters
-            sums[i] = grad.to(torch.promote_types(grad.dtype, torch.float32), copy=True)
-        else:
-            sums[i].add_(grad)
 
 
 def _timed(device: torch.device, fn: Callable[[], T]) -> tuple[float, T]:

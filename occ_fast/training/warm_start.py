@@ -77,6 +77,28 @@ def warm_start(
     return main_loss
 
 
+def configured_warm_start(
+    cfg: Config,
+    model: MTPModel,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    on_step: Callable[[int, float], bool | None] | None = None,
+) -> float:
+    """:func:`warm_start` with ``cfg``'s SFT settings on the synthetic task's training problems, in one
+    place: a run's warm start and ``occ_fast.experiments.headroom``'s (which stops early) are one SFT."""
+    return warm_start(
+        model,
+        tokenizer,
+        synthetic_records(cfg, "train", cfg.data.train_problems, "data.train_problems"),
+        steps=cfg.train.warmup_sft_steps,
+        lr=cfg.train.sft_lr,
+        batch_size=cfg.train.sft_batch_size,
+        seed=cfg.train.seed,
+        token_budget=cfg.optim.micro_batch_tokens,
+        on_step=on_step,
+    )
+
+
 def sft_warm_start(
     cfg: Config, model: MTPModel, tokenizer: PreTrainedTokenizerBase, progress: Progress
 ) -> None:
@@ -92,15 +114,10 @@ def sft_warm_start(
         )
     with progress:
         task = progress.add_task("SFT warm-start", total=cfg.train.warmup_sft_steps)
-        loss = warm_start(
+        loss = configured_warm_start(
+            cfg,
             model,
             tokenizer,
-            synthetic_records(cfg, "train", cfg.data.train_problems, "data.train_problems"),
-            steps=cfg.train.warmup_sft_steps,
-            lr=cfg.train.sft_lr,
-            batch_size=cfg.train.sft_batch_size,
-            seed=cfg.train.seed,
-            token_budget=cfg.optim.micro_batch_tokens,
             on_step=lambda step, loss: progress.update(
                 task, completed=step + 1, description=f"SFT loss {loss:.3f}"
             ),
