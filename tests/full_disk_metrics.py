@@ -10,6 +10,7 @@ import os
 import sys
 
 import occ_fast.monitoring.metrics as metrics_module
+from occ_fast.distributed.process_group import exit_rank
 from occ_fast.train import main
 
 
@@ -36,4 +37,4 @@ def open_on_a_filling_disk(path, mode="r", *args, **kwargs):
 
 if __name__ == "__main__":
     metrics_module.open = open_on_a_filling_disk
-    sys.exit(main(sys.argv[1:]))
+    exit_rank(main(sys.argv[1:]))

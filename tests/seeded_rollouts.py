@@ -53,7 +53,8 @@ def record_exit(directory: str) -> None:
 
 
 if __name__ == "__main__":
-    from occ_fast.train import exit_rank, main
+    from occ_fast.distributed.process_group import exit_rank
+    from occ_fast.train import main
 
     install()
     code = main(sys.argv[1:])

@@ -39,7 +39,7 @@ from occ_fast.config import OptimConfig
 from occ_fast.distributed.collectives import all_gather_ints, gather_metrics, global_sum
 from occ_fast.distributed.data_parallel import global_positions, pad_micro_batches, shard_prompts
 from occ_fast.distributed.fsdp import clip_grad_norm, shard_model
-from occ_fast.distributed.process_group import DistributedEnvError, init_distributed
+from occ_fast.distributed.process_group import DistributedEnvError, exit_rank, init_distributed
 from occ_fast.model import MTPModel, load_mtp_model
 from occ_fast.policy.batching import MicroBatch, Sample, make_micro_batches
 from occ_fast.policy.forward import policy_logprobs
@@ -524,3 +524,4 @@ def test_shard_prompts_gives_every_prompt_to_exactly_one_rank():
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
     worker(Path(sys.argv[1]))
+    exit_rank(0)  # as the trainer's ranks leave (occ_fast/distributed/process_group.py)
