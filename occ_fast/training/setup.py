@@ -77,9 +77,6 @@ class Run:
     nonfinite: NonFiniteGuard = field(default_factory=lambda: NonFiniteGuard(limit=0))
     health: PolicyHealth = field(default_factory=lambda: PolicyHealth(0, math.inf, False))
     reward_health: RewardHealth = field(default_factory=lambda: RewardHealth("", 1.0, 1))
-    # The weights' norm after the last RL step's updates, which is the next step's norm before them:
-    # between steps nothing writes the weights. None (measure it): no step yet, or they were written.
-    weights_norm: torch.Tensor | None = None
 
 
 def setup(cfg: Config, console: Console) -> Run:

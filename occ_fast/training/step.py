@@ -81,10 +81,8 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
     # 6. Policy updates: one optimizer step per mini-batch. How much they grew the weights' norm
     # bounds the update's size from below: the run's health judges it (optim.max_update_ratio).
     t2 = time.perf_counter()
-    norm_before = run.weights_norm
-    if norm_before is None:
-        with fp32_weights(run.optimizer):  # a bf16 run's update shows on its fp32 masters
-            norm_before = weights_norm(run.model)
+    with fp32_weights(run.optimizer):  # a bf16 run's update shows on its fp32 masters
+        norm_before = weights_norm(run.model)
     update, exact = UpdateStats(cfg.algorithm.mismatch_threshold), {}
     task = run.progress.add_task(f"step {step}: updates", total=sum(len(micros) for _, micros in minis))
     for i, ((mini_samples, micros), olds) in enumerate(zip(minis, old_logprobs)):
@@ -109,8 +107,7 @@ def rl_step(run: Run, step: int) -> dict[str, float]:
         )
     run.progress.remove_task(task)
     with fp32_weights(run.optimizer):
-        run.weights_norm = weights_norm(run.model)
-    update_ratio = (run.weights_norm - norm_before) / norm_before
+        update_ratio = (weights_norm(run.model) - norm_before) / norm_before
     run.nonfinite.observe(step, update.finite)
     run.scheduler.step()
     timings["time/update_s"] = time.perf_counter() - t2 - exact.get("exact/time_s", 0.0)

@@ -988,6 +988,22 @@ ALL = [
         "exact diagnostics use torch.autograd.grad, which never writes .grad",
     ),
     m(
+        "X1",
+        "a finished torchrun rank exits through the interpreter's teardown (sys.exit)",
+        "occ_fast/distributed/process_group.py",
+        "    os._exit(code)",
+        "    sys.exit(code)",
+        "tests/test_train_distributed.py::test_finished_ranks_leave_without_the_interpreters_teardown",
+    ),
+    m(
+        "X2",
+        "one_step_gain restores the compute copies, not the fp32 masters",
+        "occ_fast/monitoring/cross_fit.py",
+        "    with torch.no_grad(), fp32_weights(optimizer):",
+        "    with torch.no_grad():",
+        "tests/test_cross_fit.py::test_one_step_gain_restores_the_fp32_master_weights_of_a_bf16_model",
+    ),
+    m(
         "M6",
         "MTP depth k at the trunk's positions (no + k)",
         "occ_fast/model/wrapper.py",
