@@ -988,7 +988,7 @@ ALL = [
         "exact diagnostics use torch.autograd.grad, which never writes .grad",
     ),
     m(
-        "X1",
+        "X8",
         "a finished torchrun rank exits through the interpreter's teardown (sys.exit)",
         "occ_fast/distributed/process_group.py",
         "    os._exit(code)",
@@ -996,7 +996,7 @@ ALL = [
         "tests/test_train_distributed.py::test_finished_ranks_leave_without_the_interpreters_teardown",
     ),
     m(
-        "X2",
+        "X9",
         "one_step_gain restores the compute copies, not the fp32 masters",
         "occ_fast/monitoring/cross_fit.py",
         "    with torch.no_grad(), fp32_weights(optimizer):",
