@@ -78,6 +78,7 @@ def timed_suite(pytest_args: list[str], busy: str | None, timeout_s: float) -> d
             competitor.kill()
             competitor.wait()
     outcome = re.findall(r"^=*\s*(\d+ (?:passed|failed).*?) in [\d.]+s", output, flags=re.MULTILINE)
+    failed = re.findall(r"^(?:FAILED|ERROR) (\S+)", output, flags=re.MULTILINE)
     return dict(
         date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         competing_process=busy or "none",
@@ -85,10 +86,16 @@ def timed_suite(pytest_args: list[str], busy: str | None, timeout_s: float) -> d
         timed_out=code is None,
         exit_code=code,
         outcome=outcome[-1] if outcome else ("timed out" if code is None else output.strip()[-300:]),
+        failed=failed,
         load_average_before=round(load_before, 2),
         load_average_mean=round(sum(load.samples) / len(load.samples), 2),
         load_average_max=round(max(load.samples), 2),
     )
+
+
+def failed_tests(row: dict) -> str:
+    """The failing tests of a run, named (rows written before they were recorded name none)."""
+    return "".join(f" (`{name}`)" for name in row.get("failed", []))
 
 
 def summary(rows: list[dict], pytest_args: list[str]) -> str:
@@ -104,7 +111,7 @@ def summary(rows: list[dict], pytest_args: list[str]) -> str:
     for r in rows:
         wall = f"{'> ' if r['timed_out'] else ''}{r['wall_s']:.0f}"
         lines.append(
-            f"| {r['competing_process']} | {wall} | {r['outcome']} | {r['load_average_before']:.1f} "
+            f"| {r['competing_process']} | {wall} | {r['outcome']}{failed_tests(r)} | {r['load_average_before']:.1f} "
             f"| {r['load_average_mean']:.1f} | {r['load_average_max']:.1f} | {r['date']} |"
         )
     return "\n".join(lines) + "\n"
