@@ -59,6 +59,17 @@ def finished(tmp_path_factory) -> Path:
     return out
 
 
+def refused_in_process(args: list[str], monkeypatch, capsys) -> tuple[int, str]:
+    """``main(args)`` in this process, its console unwrapped: the exit code and what it printed. For
+    refusals at start-up (nothing trained), which print through the console, not the log, and where
+    a trainer process would spend its seconds importing torch."""
+    for name, value in WIDE.items():
+        monkeypatch.setenv(name, value)
+    code = main(args)
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
 def copy_of(finished: Path, tmp_path: Path) -> Path:
     shutil.copytree(finished / "exp1", tmp_path / "exp1")
     return tmp_path / "exp1"
@@ -73,9 +84,9 @@ def test_resume_auto_of_a_mistyped_name_says_it_starts_a_new_run(finished, tmp_p
     assert [m["step"] for m in metrics(tmp_path / "exp")] == [0]
 
 
-def test_resume_must_of_a_mistyped_name_refuses_naming_the_runs_there(finished):
+def test_resume_must_of_a_mistyped_name_refuses_naming_the_runs_there(finished, monkeypatch, capsys):
     args = fast_args(finished, "exp", *FLAGS, "--train.steps", "1", "--run.resume", "must")
-    code, output = run_trainer(args, **WIDE)
+    code, output = refused_in_process(args, monkeypatch, capsys)
     assert code == 2 and "Traceback" not in output, output
     line_with(output, f"--run.resume must: no run 'exp' in {finished} (runs there: exp1)")
     assert not (finished / "exp" / "config.yaml").exists()  # nothing started
@@ -88,11 +99,13 @@ def test_resume_must_of_a_mistyped_name_refuses_naming_the_runs_there(finished):
         (3, 0, "nothing to train: {checkpoint} already trained 3 steps (--train.steps 3)"),
     ],
 )
-def test_resume_with_no_more_steps_than_the_checkpoint(finished, tmp_path, steps, code, says):
+def test_resume_with_no_more_steps_than_the_checkpoint(
+    finished, tmp_path, steps, code, says, monkeypatch, capsys
+):
     run_dir = copy_of(finished, tmp_path)
     before = files_of(run_dir)
     args = fast_args(tmp_path, "exp1", *FLAGS, "--train.steps", str(steps), "--run.resume", "auto")
-    exit_code, output = run_trainer(args, **WIDE)
+    exit_code, output = refused_in_process(args, monkeypatch, capsys)
     assert exit_code == code and "Traceback" not in output, output
     line_with(output, says.format(checkpoint=checkpoint_dir(run_dir, 2)))
     assert not any(line.startswith("done ") for line in output.splitlines())  # no summary
@@ -149,11 +162,14 @@ def test_damaged_latest_checkpoint_is_named_and_the_newest_intact_one_resumes_ex
     assert metrics(run_dir) == metrics(finished / "exp1")  # step 2 again, exactly as before
 
 
-def test_damaged_checkpoint_named_by_path_is_refused_naming_an_intact_one(finished, tmp_path):
+def test_damaged_checkpoint_named_by_path_is_refused_naming_an_intact_one(
+    finished, tmp_path, monkeypatch, capsys
+):
     run_dir = copy_of(finished, tmp_path)
     flip_a_bit(checkpoint_dir(run_dir, 2) / "model.safetensors")
     resume = ["--run.resume", str(checkpoint_dir(run_dir, 2))]
-    code, output = run_trainer(fast_args(tmp_path, "other", *FLAGS, "--train.steps", "4", *resume), **WIDE)
+    args = fast_args(tmp_path, "other", *FLAGS, "--train.steps", "4", *resume)
+    code, output = refused_in_process(args, monkeypatch, capsys)
     assert code == 2 and "Traceback" not in output, output
     line_with(
         output,
@@ -162,12 +178,12 @@ def test_damaged_checkpoint_named_by_path_is_refused_naming_an_intact_one(finish
     )
 
 
-def test_no_intact_checkpoint_is_refused_naming_each_with_why(finished, tmp_path):
+def test_no_intact_checkpoint_is_refused_naming_each_with_why(finished, tmp_path, monkeypatch, capsys):
     run_dir = copy_of(finished, tmp_path)
     for step, (damage, _) in enumerate(FAULTS.values()):  # truncated, flipped bit, meta.json deleted
         damage(checkpoint_dir(run_dir, step))
     args = fast_args(tmp_path, "exp1", *FLAGS, "--train.steps", "4", "--run.resume", "auto")
-    code, output = run_trainer(args, **WIDE)
+    code, output = refused_in_process(args, monkeypatch, capsys)
     assert code == 2 and "Traceback" not in output, output
     line_with(
         output,
