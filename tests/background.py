@@ -4,7 +4,8 @@ tests run on the first.
 A test marked ``@pytest.mark.background(job=FN)`` asserts on what ``FN(directory)`` returns, through
 :func:`result`. ``tests/conftest.py`` queues the job of every selected test when the session starts,
 in the order the tests run, and one worker thread runs them one at a time; a test whose job has not
-finished waits for it. A job does what its test did inline (the same command, arguments, working
+finished runs the next queued jobs meanwhile (so that the first core does not idle), then waits for
+it. A job does what its test did inline (the same command, arguments, working
 directory and environment) and raises what it raised, so the test checks exactly what it checked;
 only the moment the command runs moves. Jobs get the environment of the session's start
 (:data:`ENV`), not whatever a test running beside them has patched into ``os.environ``; they run
@@ -32,6 +33,7 @@ _worker: threading.Thread | None = None
 _stopping = threading.Event()
 _directory: Callable[[str], Path] | None = None
 _finalizers: list[Callable[[], None]] = []
+_in_queued_job = threading.local()  # .depth: queued jobs running on this thread
 
 
 class _Job:
@@ -62,12 +64,27 @@ def _claim(job: _Job) -> bool:
         return True
 
 
+def _run_queued(job: _Job) -> None:
+    """Run a queued job on this thread, with the session's environment (:func:`environ`)."""
+    _in_queued_job.depth = getattr(_in_queued_job, "depth", 0) + 1
+    try:
+        job.run()
+    finally:
+        _in_queued_job.depth -= 1
+
+
+def _claim_next() -> _Job | None:
+    with _lock:
+        for job in _queue:
+            if job.state == "queued" and not _stopping.is_set():
+                job.state = "running"
+                return job
+    return None
+
+
 def _work() -> None:
-    for job in list(_queue):
-        if _stopping.is_set():
-            return
-        if _claim(job):
-            job.run()
+    while (job := _claim_next()) is not None:
+        _run_queued(job)
 
 
 def start(fns: list[Callable[[Path], Any]], directory: Callable[[str], Path]) -> None:
@@ -105,8 +122,8 @@ def at_stop(fn: Callable[[], None]) -> None:
 
 
 def environ() -> Mapping[str, str]:
-    """The environment a command starts from: :data:`ENV` in a job, this process's in a test."""
-    return ENV if threading.current_thread() is _worker else os.environ
+    """The environment a command starts from: :data:`ENV` in a queued job, this process's in a test."""
+    return ENV if getattr(_in_queued_job, "depth", 0) else os.environ
 
 
 def track(proc: subprocess.Popen) -> subprocess.Popen:
@@ -118,13 +135,16 @@ def track(proc: subprocess.Popen) -> subprocess.Popen:
 
 def result(fn: Callable[[Path], Any]) -> Any:
     """What ``fn`` returned (raising what it raised): the queued run's, waited for, or run here if
-    nothing queued it (or if the worker itself asks, for a job another depends on)."""
+    nothing queued it (or if a queued job asks, for a job it depends on). While it waits,
+    the asking thread runs the next queued jobs, so that no core idles while a job runs."""
     with _lock:
         job = _jobs.get(_key(fn))
         if job is None:
             _jobs[_key(fn)] = job = _Job(fn)
-    if (job not in _queue or threading.current_thread() is _worker or _stopping.is_set()) and _claim(job):
+    if (job not in _queue or getattr(_in_queued_job, "depth", 0) or _stopping.is_set()) and _claim(job):
         job.run()
+    while not job.done.is_set() and (other := _claim_next()) is not None:
+        _run_queued(other)
     job.done.wait()
     if job.error is not None:
         raise job.error

@@ -25,19 +25,32 @@ install()
 
 import background  # noqa: E402
 import pytest  # noqa: E402
+import warm_python  # noqa: E402
 
 
 def pytest_configure(config):
     config.addinivalue_line(
-        "markers", "background(job): the test asserts on a command its job runs early (tests/background.py)"
+        "markers",
+        "background(job, early=False): the test asserts on a command its job runs early; an early job is"
+        " queued before the others (a long one that others wait for) (tests/background.py)",
     )
+
+
+def pytest_collection_modifyitems(items):
+    """The modules whose tests wait for background jobs run last, in their order: the in-process
+    tests run first, beside the jobs, and at the end both cores run what is left of the queue."""
+    with_jobs = {item.module for item in items if item.get_closest_marker("background")}
+    items[:] = [i for i in items if i.module not in with_jobs] + [i for i in items if i.module in with_jobs]
 
 
 @pytest.fixture(scope="session", autouse=True)
 def background_jobs(request, tmp_path_factory):
-    """Queue the jobs of the selected tests, in the order they run; end what still runs at the end."""
-    jobs = [m.kwargs["job"] for item in request.session.items for m in item.iter_markers("background")]
-    tmp_path_factory.getbasetemp()  # made here, before a job's directory is made beside a test's
-    background.start(jobs, lambda name: tmp_path_factory.mktemp(name))
-    yield
-    background.stop()
+    """Start the warm interpreter (``tests/warm_python.py``), then queue the jobs of the selected
+    tests, in the order they run; end what still runs at the end."""
+    marks = [m.kwargs for item in request.session.items for m in item.iter_markers("background")]
+    jobs = [m["job"] for m in marks if m.get("early")] + [m["job"] for m in marks if not m.get("early")]
+    base = tmp_path_factory.getbasetemp()  # made here, before a job's directory is made beside a test's
+    with warm_python.server(base):
+        background.start(jobs, lambda name: tmp_path_factory.mktemp(name))
+        yield
+        background.stop()

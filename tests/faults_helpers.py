@@ -14,6 +14,7 @@ from pathlib import Path
 
 import background
 import pytest
+import warm_python
 
 FAST = [
     "--model.tiny.hidden-size", "32",
@@ -57,19 +58,20 @@ def arithmetic_rows(count: int) -> list[dict]:
 
 def trainer_env(**extra: str) -> dict[str, str]:
     """A trainer subprocess's environment: single-process, and ``fault_rewards`` importable."""
-    env = {**background.environ(), "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "COLUMNS": "200", **extra}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS_DIR), env.get("PYTHONPATH")) if p)
+    env = warm_python.environ(background.environ(), **{"PYTHONUNBUFFERED": "1", "COLUMNS": "200", **extra})
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     return env
 
 
 class Trainer:
-    """``python -m occ_fast.train ARGS`` in its own process group, its output collected as it comes."""
+    """``python -m occ_fast.train ARGS`` in its own process group, its output collected as it comes;
+    started from the session's warm interpreter (``tests/warm_python.py``) unless ``fresh``."""
 
-    def __init__(self, args: list[str], **env: str) -> None:
+    def __init__(self, args: list[str], *, fresh: bool = False, **env: str) -> None:
+        python = [sys.executable] if fresh else warm_python.PYTHON
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "occ_fast.train", *args],
+            [*python, "-m", "occ_fast.train", *args],
             env=trainer_env(**env),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,

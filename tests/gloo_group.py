@@ -10,12 +10,12 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch.distributed as dist
+import warm_python
 
 from occ_fast.distributed.process_group import DistInfo, init_distributed
 
@@ -24,19 +24,12 @@ RANK_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
 def run_two_ranks(worker: str, out: Path, timeout_s: float) -> None:
     """``python WORKER OUT`` on 2 ranks under ``torchrun --standalone``, which picks MASTER_ADDR and
-    MASTER_PORT itself (none of this process's rank variables reach it), one intra-op thread per rank.
+    MASTER_PORT itself (none of this process's rank variables reach it), one intra-op thread per rank,
+    the ranks started from the session's warm interpreter (``tests/warm_python.py``).
     Fails the test when torchrun exits non-zero, or runs past ``timeout_s`` (then its process group
     is killed), with the end of its standard error."""
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=2",
-        worker,
-        str(out),
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = warm_python.torchrun(2, worker, str(out))
+    env = warm_python.environ(os.environ)
     for name in RANK_ENV:
         env.pop(name, None)
     proc = subprocess.Popen(

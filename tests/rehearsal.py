@@ -15,12 +15,12 @@ import json
 import math
 import os
 import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import background
 import torch
+import warm_python
 from model_helpers import ENGINE_SIZES
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
@@ -164,12 +164,13 @@ class Rehearsal:
 
 def train(args: list[str], environ: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """``python -m occ_fast.train ARGS`` from the repository root, which must exit 0 without a traceback
-    (``environ``: the environment it starts from, by default this process's)."""
+    (``environ``: the environment it starts from, by default this process's; one intra-op thread, so
+    that it starts from the session's warm interpreter, ``tests/warm_python.py``)."""
     out = background.run(
-        [sys.executable, "-m", "occ_fast.train", *args],
+        [*warm_python.PYTHON, "-m", "occ_fast.train", *args],
         cwd=ROOT,
         timeout=900,
-        env={**(os.environ if environ is None else environ), "COLUMNS": "200"},
+        env=warm_python.environ(os.environ if environ is None else environ, COLUMNS="200"),
     )
     command = "python -m occ_fast.train " + " ".join(args)
     assert out.returncode == 0, f"{command}\nexit {out.returncode}\n{out.stderr[-4000:]}"

@@ -12,6 +12,7 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+import warm_python
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -26,10 +27,10 @@ LINK = re.compile(r"\]\(([^)\s]+)\)")
 @cache
 def train_flags() -> frozenset[str]:
     out = subprocess.run(
-        [sys.executable, "-m", "occ_fast.train", "--help"],
+        [*warm_python.PYTHON, "-m", "occ_fast.train", "--help"],
         capture_output=True,
         text=True,
-        env={**os.environ, "COLUMNS": "250"},
+        env=warm_python.environ(os.environ, COLUMNS="250"),
         timeout=300,
     )
     assert out.returncode == 0, out.stderr

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
-import sys
 from collections import defaultdict
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import warm_python
 
 from occ_fast.config import parse_config
 from occ_fast.data import ArithmeticTask
@@ -241,8 +242,9 @@ def test_main_reports_bad_input_without_a_traceback(tmp_path, capsys):
 def test_bad_input_exits_2_as_training_does(tmp_path, flags, says):
     """The exit status of ``python -m occ_fast.train`` for a user's error (1 is a run that stops itself)."""
     done = subprocess.run(
-        [sys.executable, "-m", "occ_fast.eval", "--model", str(tmp_path), *flags],
+        [*warm_python.PYTHON, "-m", "occ_fast.eval", "--model", str(tmp_path), *flags],
         cwd=tmp_path,
+        env=warm_python.environ(os.environ),
         capture_output=True,
         text=True,
         timeout=120,
@@ -253,7 +255,11 @@ def test_bad_input_exits_2_as_training_does(tmp_path, flags, says):
 
 def test_help_exits_zero():
     done = subprocess.run(
-        [sys.executable, "-m", "occ_fast.eval", "--help"], capture_output=True, text=True, timeout=120
+        [*warm_python.PYTHON, "-m", "occ_fast.eval", "--help"],
+        env=warm_python.environ(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 0, done.stderr
     for flag in ("--model", "--benchmarks", "--answer-field", "--k", "--temperature", "--engine"):

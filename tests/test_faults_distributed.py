@@ -18,6 +18,7 @@ import background
 import pytest
 import seeded_rollouts
 import torch
+import warm_python
 from faults_helpers import TESTS_DIR, trainer_env
 from test_train_distributed import COMPARED, TORCHRUN_TIMEOUT_S, argv, metrics, weights
 
@@ -29,9 +30,8 @@ STEPS = 4
 
 
 def start_torchrun(args: list[str]) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     agent = subprocess.Popen(
-        [*cmd, str(TESTS_DIR / "seeded_rollouts.py"), *args],
+        warm_python.torchrun(2, str(TESTS_DIR / "seeded_rollouts.py"), *args),
         env=trainer_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -138,9 +138,10 @@ def test_sigterm_to_one_rank_then_sigkill_then_resume_ends_like_an_uninterrupted
 def full_disk_run(tmp_path: Path) -> None:
     """The test below, under ``tmp_path``."""
     run_dir = tmp_path / "r"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
     agent = subprocess.Popen(
-        [*cmd, str(TESTS_DIR / "full_disk_metrics.py"), *argv(tmp_path, "r", STEPS, "--run.save-every", "0")],
+        warm_python.torchrun(
+            2, str(TESTS_DIR / "full_disk_metrics.py"), *argv(tmp_path, "r", STEPS, "--run.save-every", "0")
+        ),
         env=trainer_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

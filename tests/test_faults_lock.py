@@ -47,7 +47,7 @@ def assert_refused_naming(code: int, output: str, pid: int) -> None:
 def second_run_under_the_same_name(tmp_path) -> None:
     run_dir = tmp_path / "r"
     args = fast_args(tmp_path, "r", "--train.steps", "2", *HANGING)
-    first = Trainer(args, **hang_env(tmp_path, 0))  # hangs in step 0, its config.yaml written
+    first = Trainer(args, fresh=True, **hang_env(tmp_path, 0))  # hangs in step 0; its pid holds the lock
     try:
         first.wait_for((tmp_path / "hanging").exists, "its first step")
         config = (run_dir / "config.yaml").read_text()
@@ -68,7 +68,7 @@ def second_run_under_the_same_name(tmp_path) -> None:
 def resume_auto_against_a_live_run(tmp_path) -> None:
     run_dir = tmp_path / "r"
     args = fast_args(tmp_path, "r", "--train.steps", "3", "--run.save-every", "1", *HANGING)
-    first = Trainer(args, **hang_env(tmp_path, 16))  # step 0 trained and saved, then hangs in step 1
+    first = Trainer(args, fresh=True, **hang_env(tmp_path, 16))  # step 0 saved, then hangs in step 1
     try:
         first.wait_for((tmp_path / "hanging").exists, "step 1")
         metrics = (run_dir / "metrics.jsonl").read_text()
@@ -94,7 +94,7 @@ def torchrun_job_holding_the_lock(tmp_path) -> None:
     args = fast_args(tmp_path, "r", "--train.steps", "2", "--train.device", "cpu", *HANGING)
     log = tmp_path / "job.log"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    agent = subprocess.Popen(
+    agent = subprocess.Popen(  # fresh ranks: the lock names rank 0's pid, a child of torchrun
         [*cmd, "-m", "occ_fast.train", *args],
         env=trainer_env(**hang_env(tmp_path, 0)),
         stdout=log.open("w"),

@@ -44,6 +44,7 @@ def test_sigkill_of_the_trainer_takes_its_busy_reward_workers_with_it(tmp_path):
             "--reward.fn", "fault_rewards:hang_after_calls",
             "--reward.num-workers", str(WORKERS), "--reward.timeout-s", "600",
         ),
+        fresh=True,  # its pid is the trainer's, whose children the workers are
         FAULT_HANG_AFTER="0", FAULT_HANG_FLAG=str(flag),
     )  # fmt: skip
     workers: list[int] = []

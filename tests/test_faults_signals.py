@@ -108,7 +108,7 @@ def loading_torch(pid: int) -> bool:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="watches the imports through /proc")
 def test_ctrl_c_during_start_up_imports_is_one_line(tmp_path):
-    trainer = Trainer(fast_args(tmp_path, "r"))
+    trainer = Trainer(fast_args(tmp_path, "r"), fresh=True)  # its imports are what it interrupts
     trainer.wait_for(lambda: loading_torch(trainer.proc.pid), "importing torch")
     trainer.signal(signal.SIGINT)
     code, output = trainer.finish()

@@ -3,8 +3,8 @@
 Each runs in a subprocess from the repository root, where a user stands after cloning, and writes
 under ``./runs`` as a user's run does; the test removes what it wrote. The constants below are the
 exact strings the docs quote (``runs/NAME`` is the run directory a command before it wrote: the
-README's default command, ``tests/default_run.py``). The commands run one at a time, early, as
-background jobs (``tests/background.py``); each test asserts on its command's result.
+README's default command, ``tests/default_run.py``). The commands run one at a time, as background
+jobs at the head of the queue (``tests/background.py``); each test asserts on its command's result.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import background
@@ -46,22 +47,26 @@ REWARD_COMMAND = f"python -m occ_fast.train --reward.fn {REWARD_SPEC} --train.st
 
 
 class Runs:
-    """Runs commands from the root and remembers the run directories they create under ./runs."""
+    """Runs commands from the root, one at a time (a command's run directory is the one that appears
+    under ./runs while it runs; nothing else may add one meanwhile), and remembers the run
+    directories they create."""
 
     def __init__(self) -> None:
         self.parent = ROOT / "runs"
         self.parent_existed = self.parent.exists()
         self.created: list[Path] = []
+        self.one_at_a_time = threading.Lock()
 
     def run(self, command: str, name: str | None = None) -> tuple[subprocess.CompletedProcess, Path | None]:
         """Run ``command`` (``NAME`` replaced by ``name``); return its result and the run directory it made."""
         argv = shlex.split(command.replace("NAME", name) if name else command)
         assert argv[0] == "python"
-        before = set(self.parent.iterdir()) if self.parent.is_dir() else set()
         env = {**background.ENV, "COLUMNS": "200"}  # rich's table keeps whole benchmark names
-        out = background.run([sys.executable, *argv[1:]], cwd=ROOT, timeout=600, env=env)
-        new = sorted(set(self.parent.iterdir()) - before) if self.parent.is_dir() else []
-        self.created += new
+        with self.one_at_a_time:
+            before = set(self.parent.iterdir()) if self.parent.is_dir() else set()
+            out = background.run([sys.executable, *argv[1:]], cwd=ROOT, timeout=600, env=env)
+            new = sorted(set(self.parent.iterdir()) - before) if self.parent.is_dir() else []
+            self.created += new
         assert out.returncode == 0, f"{command}\n{out.stderr[-3000:]}"
         assert "Traceback" not in out.stderr, out.stderr[-3000:]
         assert len(new) <= 1, new
@@ -89,11 +94,11 @@ def default_run_in_root(directory: Path) -> Path:
     default run writes."""
     _, source = background.result(default_run)
     assert (source / "model" / "config.json").is_file()
-    before = set(RUNS.parent.iterdir()) if RUNS.parent.is_dir() else set()
-    run_dir = RUNS.parent / source.name
-    assert run_dir not in before, run_dir
-    shutil.copytree(source, run_dir)
-    RUNS.created.append(run_dir)
+    with RUNS.one_at_a_time:  # not while a command's run directory is being told apart
+        run_dir = RUNS.parent / source.name
+        assert not run_dir.exists(), run_dir
+        shutil.copytree(source, run_dir)
+        RUNS.created.append(run_dir)
     return run_dir
 
 
@@ -142,7 +147,7 @@ def test_warm_start_with_file_data_is_for_the_tiny_model_only():
         parse_config([*file_data, "--model.name-or-path", "some/model"])
 
 
-@pytest.mark.background(job=own_prompts_run)
+@pytest.mark.background(job=own_prompts_run, early=True)
 def test_own_prompts_command_trains_on_the_file_and_earns_reward():
     _, run_dir = background.result(own_prompts_run)
     cfg = config(run_dir)
@@ -154,7 +159,7 @@ def test_own_prompts_command_trains_on_the_file_and_earns_reward():
     assert (run_dir / "model" / "model.safetensors").is_file()
 
 
-@pytest.mark.background(job=own_model_run)
+@pytest.mark.background(job=own_model_run, early=True)
 def test_own_prompts_from_a_trained_model_needs_no_warm_start():
     _, run_dir = background.result(own_model_run)
     trained = background.result(default_run_in_root)
@@ -164,7 +169,7 @@ def test_own_prompts_from_a_trained_model_needs_no_warm_start():
     assert any(m["reward/mean"] > 0 for m in metrics(run_dir))
 
 
-@pytest.mark.background(job=eval_run)
+@pytest.mark.background(job=eval_run, early=True)
 def test_eval_command_scores_the_sample_on_a_default_runs_model():
     out, _ = background.result(eval_run)
     trained = background.result(default_run_in_root)
@@ -198,7 +203,7 @@ def test_example_reward_function():
     assert [reward(c, "73") for c in (" 73", " 72", " 173", " 9", " +")] == [1, 1 / 2, 2 / 3, 0, 0]
 
 
-@pytest.mark.background(job=reward_run)
+@pytest.mark.background(job=reward_run, early=True)
 def test_reward_command_uses_the_users_function():
     _, run_dir = background.result(reward_run)
     assert config(run_dir)["reward"]["fn"] == REWARD_SPEC

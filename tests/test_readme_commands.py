@@ -32,7 +32,7 @@ def test_config_dry_run_prints_the_resolved_preset(tmp_path):
     assert cfg["rollout"]["n"] == 16 and cfg["optim"]["lr"] == 1e-6
 
 
-@pytest.mark.background(job=default_run)
+@pytest.mark.background(job=default_run, early=True)
 def test_default_command_runs_on_cpu_and_reward_rises():
     """``python -m occ_fast.train`` with no arguments: the embedded tiny preset trains and writes its
     outputs. How long it takes is the default-run benchmark's job, not this test's."""

@@ -24,6 +24,7 @@ import background
 import pytest
 import seeded_rollouts
 import torch
+import warm_python
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file
@@ -87,13 +88,11 @@ def weights(run_dir) -> dict[str, torch.Tensor]:
 
 
 def torchrun(args: list[str], nproc: int = 2, **extra_env: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    path = os.pathsep.join(filter(None, [TESTS, background.environ().get("PYTHONPATH")]))
-    env = {**background.environ(), **extra_env, "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
+    env = warm_python.environ(background.environ(), **extra_env)
     for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(name, None)
     proc = subprocess.Popen(
-        [*cmd, os.path.join(TESTS, "seeded_rollouts.py"), *args],
+        warm_python.torchrun(nproc, os.path.join(TESTS, "seeded_rollouts.py"), *args),
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
