@@ -31,7 +31,7 @@ STEPS = 4
 
 def start_torchrun(args: list[str]) -> subprocess.Popen:
     agent = subprocess.Popen(
-        warm_python.torchrun(2, str(TESTS_DIR / "seeded_rollouts.py"), *args),
+        warm_python.torchrun(2, str(TESTS_DIR / "seeded_rollouts.py"), *args, fresh_agent=True),
         env=trainer_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

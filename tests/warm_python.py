@@ -22,11 +22,13 @@ PYTHON = [sys.executable, str(TESTS / "warm_python.py")]  # in place of [sys.exe
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
-def torchrun(nproc: int, *command: str) -> list[str]:
+def torchrun(nproc: int, *command: str, fresh_agent: bool = False) -> list[str]:
     """``torchrun --standalone --nproc_per_node NPROC COMMAND``, whose ranks (``python -u COMMAND``, as
-    torchrun starts them) start from the warm interpreter."""
+    torchrun starts them) start from the warm interpreter, and so does torchrun itself unless
+    ``fresh_agent`` (a test that finds the ranks among the children of the process it started)."""
+    agent = [sys.executable] if fresh_agent else PYTHON
     return [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+        *agent, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
         "--no-python", *PYTHON, "-u", *command,
     ]  # fmt: skip
 

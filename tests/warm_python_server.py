@@ -26,7 +26,7 @@ import signal
 import socket
 import sys
 
-PRELOAD = ("occ_fast.train", "occ_fast.eval")
+PRELOAD = ("occ_fast.train", "occ_fast.eval", "torch.distributed.run")
 # Variables read while Python, torch, Triton or the libraries they load start: a command whose
 # value differs runs in a fresh interpreter. TORCHELASTIC_* and TORCH_NCCL_* are torchrun's run-time
 # settings for its ranks; PYTHONUNBUFFERED is applied when the child rebuilds its streams.
