@@ -8,7 +8,8 @@ variables that would override it (``OMP_WAIT_POLICY``, ``OMP_NUM_THREADS``) are 
 a fresh shell. The busy process is a single-threaded Python loop (``loop``) or a torch matmul loop
 with torch's default threads (``matmul``). The 1-minute load average is recorded before each run and
 sampled every 10 s during it (its mean and max): on a machine shared with other jobs it says how
-much of the time was theirs. Writes ``results.json`` and ``summary.md``, keeping the rows of an
+much of the time was theirs. Writes ``results.json`` and ``summary.md`` (and copies it into the pages
+that quote it, ``benchmarks/sync_readme.py``), keeping the rows of an
 earlier run for the competing processes not run this time (``--only``, another ``--busy``);
 ``PYTEST_ARGS`` after ``--`` replace the default arguments (e.g. ``-- -q tests/test_threads.py``).
 """
@@ -24,6 +25,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from sync_readme import main as sync_pages
 
 ROOT = Path(__file__).resolve().parents[1]
 BUSY = {
@@ -141,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(rows, indent=2) + "\n")
     (args.out / "summary.md").write_text(text)
+    sync_pages([])  # the pages quote summary.md: a later measured suite checks that they do
     return 0
 
 
