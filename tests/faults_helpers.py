@@ -58,10 +58,7 @@ def arithmetic_rows(count: int) -> list[dict]:
 
 def trainer_env(**extra: str) -> dict[str, str]:
     """A trainer subprocess's environment: single-process, and ``fault_rewards`` importable."""
-    env = warm_python.environ(background.environ(), **{"PYTHONUNBUFFERED": "1", "COLUMNS": "200", **extra})
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    return env
+    return warm_python.environ(background.environ(), **{"PYTHONUNBUFFERED": "1", "COLUMNS": "200", **extra})
 
 
 class Trainer:

@@ -19,7 +19,7 @@ import warm_python
 
 from occ_fast.distributed.process_group import DistInfo, init_distributed
 
-RANK_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+RANK_ENV = warm_python.RANK_ENV
 
 
 def run_two_ranks(worker: str, out: Path, timeout_s: float) -> None:
@@ -30,8 +30,6 @@ def run_two_ranks(worker: str, out: Path, timeout_s: float) -> None:
     is killed), with the end of its standard error."""
     cmd = warm_python.torchrun(2, worker, str(out))
     env = warm_python.environ(os.environ)
-    for name in RANK_ENV:
-        env.pop(name, None)
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
     )

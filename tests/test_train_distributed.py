@@ -89,8 +89,6 @@ def weights(run_dir) -> dict[str, torch.Tensor]:
 
 def torchrun(args: list[str], nproc: int = 2, **extra_env: str) -> subprocess.CompletedProcess:
     env = warm_python.environ(background.environ(), **extra_env)
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
     proc = subprocess.Popen(
         warm_python.torchrun(nproc, os.path.join(TESTS, "seeded_rollouts.py"), *args),
         env=env,

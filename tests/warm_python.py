@@ -19,6 +19,7 @@ from pathlib import Path
 SOCKET_ENV = "OCC_FAST_WARM_PYTHON"
 TESTS = Path(__file__).resolve().parent
 PYTHON = [sys.executable, str(TESTS / "warm_python.py")]  # in place of [sys.executable]
+RANK_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 
 
@@ -36,8 +37,8 @@ def torchrun(nproc: int, *command: str, fresh_agent: bool = False) -> list[str]:
 def environ(base: Mapping[str, str], **extra: str) -> dict[str, str]:
     """``base`` as the warm interpreter was started with it: one intra-op thread (OpenMP reads
     OMP_NUM_THREADS when torch loads), ``tests/`` importable; a command with another value of such a
-    variable runs in a fresh interpreter."""
-    env = {**base, "OMP_NUM_THREADS": "1", **extra}
+    variable runs in a fresh interpreter. None of this process's torchrun rank variables reach it."""
+    env = {k: v for k, v in {**base, "OMP_NUM_THREADS": "1", **extra}.items() if k not in RANK_ENV}
     rest = [p for p in base.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(TESTS)]
     env["PYTHONPATH"] = os.pathsep.join([str(TESTS), *rest])
     return env
