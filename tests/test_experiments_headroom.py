@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -144,3 +145,30 @@ def test_sweep_skips_runs_already_in_results(tmp_path, monkeypatch):
         ("occ", 1),
     ]
     assert "paired by seed" in (results / "summary.md").read_text()
+
+
+def test_a_warm_start_built_with_other_settings_is_refused_not_reused(tmp_path):
+    """A warm start is reused only by a sweep that would build the same one: another threshold or
+    SFT schedule is refused, naming the directory, instead of silently starting every arm from it."""
+    argv = ["--task", "addition", "--output", str(tmp_path), "--results", str(tmp_path / "results")]
+    args = headroom.parse_args(argv)
+    target = tmp_path / "warm-start" / "seed0"
+    target.mkdir(parents=True)
+    info = {"seed": 0, "dir": str(target), "settings": headroom.warm_settings(args, 0)}
+    (target / "warm.json").write_text(json.dumps(info))
+    assert headroom.build_warm_start(args, 0, None) == info  # the same settings: reused
+    for other, change in (
+        (["--threshold", "0.5"], "threshold 0.3"),
+        (["--check-every", "50"], "check_every 25"),
+    ):
+        with pytest.raises(
+            SystemExit, match=rf"{re.escape(str(target))}: built with {change} \(this sweep's"
+        ):
+            headroom.build_warm_start(headroom.parse_args(argv + other), 0, None)
+    stale = {**info, "settings": {**info["settings"], "sft_schedule": "constant"}}
+    (target / "warm.json").write_text(json.dumps(stale))
+    with pytest.raises(SystemExit, match=r"sft_schedule 'constant' \(this sweep's 'cosine'\)"):
+        headroom.build_warm_start(args, 0, None)
+    (target / "warm.json").write_text(json.dumps({"seed": 0, "dir": str(target)}))  # written before settings
+    with pytest.raises(SystemExit, match="no record of its settings"):
+        headroom.build_warm_start(args, 0, None)

@@ -290,9 +290,15 @@ class TrainConfig:
     """Supervised steps on the synthetic task (data.digits, data.ops) before RL, so a random model's rewards
     are not all zero; with data.source='file' only for the tiny model, RL then training on the file."""
     sft_lr: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1e-3
-    """Learning rate of the supervised warm-start (constant)."""
+    """Peak learning rate of the supervised warm-start (see sft_warmup_steps, sft_schedule)."""
     sft_batch_size: Annotated[int, Field(ge=1)] = 64
     """Problems per supervised warm-start step."""
+    sft_warmup_steps: Annotated[int, Field(ge=0)] = 0
+    """Supervised steps of linear warm-up to sft_lr, as optim.warmup_steps does for RL."""
+    sft_schedule: Literal["constant", "cosine"] = "constant"
+    """After the warm-up: hold sft_lr, or cosine-decay it to 0 at train.warmup_sft_steps."""
+    sft_betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
+    """AdamW (beta1, beta2) of the supervised warm-start."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Training device; 'auto' takes CUDA when available."""
     bf16_autocast: bool = False

@@ -165,8 +165,9 @@ def build_warm_start(args: argparse.Namespace, seed: int, console: Console) -> d
     ``--check-problems`` held-out problems reaches the threshold, checked every ``--check-every``
     steps; then scored on all of them; saved with ``warm.json``."""
     target = args.output / "warm-start" / f"seed{seed}"
+    settings = warm_settings(args, seed)
     if (target / "warm.json").is_file():
-        return json.loads((target / "warm.json").read_text())
+        return reusable_warm_start(target, settings)
     cfg = parse_config([*seed_argv(args, seed), "--mtp.regime", "occ", "--run.name", "warm-start"])
     torch.manual_seed(cfg.train.seed)
     tokenizer = build_tokenizer(cfg)
@@ -197,9 +198,40 @@ def build_warm_start(args: argparse.Namespace, seed: int, console: Console) -> d
         "reached": bool(trajectory) and trajectory[-1][1] >= args.threshold,
         "trajectory": trajectory,
         "seconds": time.perf_counter() - begin,
+        "settings": settings,
     }
     (partial / "warm.json").write_text(json.dumps(info, indent=2) + "\n")
     partial.rename(target)  # a directory that exists is complete
+    return info
+
+
+def warm_settings(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    """What decides a seed's warm start: the stopping rule and the preset's SFT settings (as JSON has them)."""
+    train = parse_config(seed_argv(args, seed)).train
+    sft = ("warmup_sft_steps", "sft_lr", "sft_batch_size", "sft_warmup_steps", "sft_schedule", "sft_betas")
+    settings = {
+        "threshold": args.threshold,
+        "check_every": args.check_every,
+        "check_problems": args.check_problems,
+        "held_out": args.held_out,
+        **{name: getattr(train, name) for name in sft},
+    }
+    return json.loads(json.dumps(settings))
+
+
+def reusable_warm_start(target: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """A finished warm start's ``warm.json``, if this sweep would have built the same one; otherwise a
+    clear stop, since every arm of the seed would start from it."""
+    info = json.loads((target / "warm.json").read_text())
+    if "settings" not in info:
+        sys.exit(f"{target}: no record of its settings; remove it or give another --output")
+    changed = [
+        f"{key} {info['settings'].get(key)!r} (this sweep's {value!r})"
+        for key, value in settings.items()
+        if info["settings"].get(key) != value
+    ]
+    if changed:
+        sys.exit(f"{target}: built with {', '.join(changed)}; remove it or give another --output")
     return info
 
 

@@ -21,6 +21,7 @@ from occ_fast.policy.batching import Sample, make_micro_batches
 from occ_fast.policy.forward import policy_logprobs
 from occ_fast.prompts import encode_prompt
 from occ_fast.training.build import synthetic_records
+from occ_fast.training.optim import lr_factor
 
 logger = logging.getLogger(__name__)
 
@@ -46,15 +47,27 @@ def warm_start(
     batch_size: int,
     seed: int,
     token_budget: int,
+    warmup_steps: int = 0,
+    schedule: str = "constant",
+    betas: tuple[float, float] = (0.9, 0.999),
     on_step: Callable[[int, float], bool | None] | None = None,
 ) -> float:
     """Run ``steps`` AdamW steps of answer-token cross-entropy; return the last step's main-head loss.
 
-    ``on_step(step, loss)`` returning True stops after that step (a warm start that ends once the
-    model reaches a held-out accuracy, as ``occ_fast.experiments.headroom``'s does)."""
+    The learning rate warms up linearly over ``warmup_steps``, then holds ``lr`` or cosine-decays to 0
+    at ``steps`` (the RL schedule's :func:`lr_factor`): a small model can stall at a constant rate
+    (the ``addition`` preset's does). ``on_step(step, loss)`` returning True stops after that step (a
+    warm start that ends once the model reaches a held-out accuracy, as
+    ``occ_fast.experiments.headroom``'s does); the schedule stays the one planned for ``steps``."""
     device = next(model.parameters()).device
     samples = supervised_samples(tokenizer, records)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=0.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda step: lr_factor(
+            step, warmup_steps=warmup_steps, total_steps=steps, schedule=schedule, min_lr_ratio=0.0
+        ),
+    )
     rng = random.Random(seed)
     model.train()
     main_loss = float("nan")
@@ -70,6 +83,7 @@ def warm_start(
             (main + mtp).backward()
             total_main += main.detach()
         optimizer.step()
+        scheduler.step()
         main_loss = float(total_main)
         if on_step is not None and on_step(step, main_loss):
             break
@@ -95,6 +109,9 @@ def configured_warm_start(
         batch_size=cfg.train.sft_batch_size,
         seed=cfg.train.seed,
         token_budget=cfg.optim.micro_batch_tokens,
+        warmup_steps=cfg.train.sft_warmup_steps,
+        schedule=cfg.train.sft_schedule,
+        betas=cfg.train.sft_betas,
         on_step=on_step,
     )
 
