@@ -158,7 +158,7 @@ def test_a_warm_start_built_with_other_settings_is_refused_not_reused(tmp_path):
     (target / "warm.json").write_text(json.dumps(info))
     assert headroom.build_warm_start(args, 0, None) == info  # the same settings: reused
     for other, change in (
-        (["--threshold", "0.5"], "threshold 0.3"),
+        (["--threshold", "0.5"], f"threshold {args.threshold}"),
         (["--check-every", "50"], "check_every 25"),
     ):
         with pytest.raises(
@@ -172,3 +172,9 @@ def test_a_warm_start_built_with_other_settings_is_refused_not_reused(tmp_path):
     (target / "warm.json").write_text(json.dumps({"seed": 0, "dir": str(target)}))  # written before settings
     with pytest.raises(SystemExit, match="no record of its settings"):
         headroom.build_warm_start(args, 0, None)
+
+
+def test_each_task_has_the_threshold_its_pilot_set_unless_one_is_given():
+    assert headroom.parse_args(["--task", "carries"]).threshold == 0.3
+    assert headroom.parse_args(["--task", "addition"]).threshold == 0.1
+    assert headroom.parse_args(["--task", "addition", "--threshold", "0.25"]).threshold == 0.25

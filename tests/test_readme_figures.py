@@ -38,6 +38,7 @@ ALLOWED = [
     (r"\bQwen\d+\.\d+\b", "a model family's name"),
     (r"mtp_layers\.\d+", "a checkpoint key"),
     (r">= 60% of a bf16", "the kernel's throughput goal"),
+    (r"--threshold \d+\.\d+", "a command's argument"),
 ]
 # A decimal number, or a count with a unit of time or size: what a measurement would look like.
 FIGURE = re.compile(r"\d*\.\d+|\b\d+(?:\.\d+)?\s?(?:s|ms|min|minutes|seconds|hours|GB|MB|%)(?![\w-])")
