@@ -103,7 +103,16 @@ def test_verdict_supports_only_the_full_ordering():
 def test_sweep_skips_runs_already_in_results(tmp_path, monkeypatch):
     results = tmp_path / "results"
     results.mkdir()
-    done = [{"setting": "detach", "seed": 0, "auc": 0.5, "final_accuracy": 0.5, "final_reward": 0.5}]
+    done = [
+        {
+            "setting": "detach",
+            "seed": 0,
+            "curve": [(0, 0.3), (100, 0.5)],
+            "auc": 0.5,
+            "final_accuracy": 0.5,
+            "final_reward": 0.5,
+        }
+    ]
     (results / "addition.json").write_text(json.dumps({"runs": done}))
     warm = {
         "seed": 0,
@@ -178,3 +187,16 @@ def test_each_task_has_the_threshold_its_pilot_set_unless_one_is_given():
     assert headroom.parse_args(["--task", "carries"]).threshold == 0.3
     assert headroom.parse_args(["--task", "addition"]).threshold == 0.1
     assert headroom.parse_args(["--task", "addition", "--threshold", "0.25"]).threshold == 0.25
+
+
+def test_each_arm_reports_what_rl_earned_over_its_warm_start_by_hand():
+    """Without it a testbed where RL earns nothing would read as 'every arm within noise'."""
+    rows = [
+        {"setting": "detach", "seed": 0, "curve": [(0, 0.10), (100, 0.30)], "final_accuracy": 0.30},
+        {"setting": "detach", "seed": 1, "curve": [(0, 0.20), (100, 0.30)], "final_accuracy": 0.30},
+        {"setting": "occ", "seed": 0, "curve": [(0, 0.10), (100, 0.10)], "final_accuracy": 0.10},
+    ]
+    lines = headroom.gain_lines(rows, ["detach", "occ"])
+    # detach: gains 0.2 and 0.1, mean 0.15, sd 0.0707, half-width 12.706 * 0.05 = 0.635
+    assert lines[2] == "| detach | +0.150 | [-0.485, +0.785] | within noise | 2/0 of 2 |"
+    assert lines[3] == "| occ | +0.000 | – | too few seeds | 0/0 of 1 |"

@@ -357,10 +357,26 @@ def summary_lines(
             for key in ("auc", "final_accuracy", "final_reward")
         ]
         lines.append(f"| {arm} | {len(mine)} | " + " | ".join(cells) + " |")
+    lines += ["", "What RL earned: final held-out accuracy minus the warm start's, by seed:", ""]
+    lines += gain_lines(rows, arms)
     for key, title in (("auc", "Primary: held-out AUC"), ("final_accuracy", "Final held-out accuracy")):
         lines += ["", f"{title}, paired by seed:", "", *comparison_lines(rows, REFERENCE, arms, key)]
     status, checks = verdict(rows)
     lines += ["", f"Criteria: **{status}**.", *[f"- {c}" for c in checks]]
+    return lines
+
+
+def gain_lines(rows: Sequence[dict[str, Any]], arms: Sequence[str]) -> list[str]:
+    """Per arm, the final held-out accuracy minus the warm start's (step 0 of its curve) over seeds,
+    read like the paired tables: a testbed where RL earns nothing cannot rank the arms."""
+    lines = ["| arm | gain | 95% interval | reading | seeds up/down |", "|---|---|---|---|---|"]
+    for arm in arms:
+        c = compare([r["final_accuracy"] - r["curve"][0][1] for r in rows if r["setting"] == arm])
+        if c["n"]:
+            interval = "–" if c["low"] is None else f"[{c['low']:+.3f}, {c['high']:+.3f}]"
+            lines.append(
+                f"| {arm} | {c['mean']:+.3f} | {interval} | {c['reading']} | {c['above']}/{c['below']} of {c['n']} |"
+            )
     return lines
 
 
