@@ -197,6 +197,7 @@ def test_each_arm_reports_what_rl_earned_over_its_warm_start_by_hand():
         {"setting": "occ", "seed": 0, "curve": [(0, 0.10), (100, 0.10)], "final_accuracy": 0.10},
     ]
     lines = headroom.gain_lines(rows, ["detach", "occ"])
-    # detach: gains 0.2 and 0.1, mean 0.15, sd 0.0707, half-width 12.706 * 0.05 = 0.635
-    assert lines[2] == "| detach | +0.150 | [-0.485, +0.785] | within noise | 2/0 of 2 |"
-    assert lines[3] == "| occ | +0.000 | – | too few seeds | 0/0 of 1 |"
+    # detach: gains 0.2 and 0.1, mean 0.15, sd 0.0707, se 0.05: half-width 12.706 * 0.05 = 0.635,
+    # MDD (12.706 + 1.376) * 0.05 = 0.704 (t quantiles 0.975 and 0.8 at 1 degree of freedom)
+    assert lines[2] == "| detach | +0.150 | [-0.485, +0.785] | within noise | 2/0 of 2 | 0.704 |"
+    assert lines[3] == "| occ | +0.000 | – | too few seeds | 0/0 of 1 | – |"

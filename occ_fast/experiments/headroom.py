@@ -369,13 +369,15 @@ def summary_lines(
 def gain_lines(rows: Sequence[dict[str, Any]], arms: Sequence[str]) -> list[str]:
     """Per arm, the final held-out accuracy minus the warm start's (step 0 of its curve) over seeds,
     read like the paired tables: a testbed where RL earns nothing cannot rank the arms."""
-    lines = ["| arm | gain | 95% interval | reading | seeds up/down |", "|---|---|---|---|---|"]
+    lines = ["| arm | gain | 95% interval | reading | seeds up/down | MDD |", "|---|---|---|---|---|---|"]
     for arm in arms:
         c = compare([r["final_accuracy"] - r["curve"][0][1] for r in rows if r["setting"] == arm])
         if c["n"]:
             interval = "–" if c["low"] is None else f"[{c['low']:+.3f}, {c['high']:+.3f}]"
+            mdd = "–" if c["mdd"] is None else f"{c['mdd']:.3f}"
             lines.append(
-                f"| {arm} | {c['mean']:+.3f} | {interval} | {c['reading']} | {c['above']}/{c['below']} of {c['n']} |"
+                f"| {arm} | {c['mean']:+.3f} | {interval} | {c['reading']} | {c['above']}/{c['below']} of {c['n']} "
+                f"| {mdd} |"
             )
     return lines
 
