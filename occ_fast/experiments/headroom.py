@@ -40,6 +40,7 @@ from occ_fast.experiments.paired import compare, comparison_lines, paired
 from occ_fast.experiments.regimes import Setting, parse_settings, prepare_run_dir
 from occ_fast.model import save_mtp_model
 from occ_fast.monitoring.metrics import read_metrics
+from occ_fast.monitoring.output import write_text_atomic
 from occ_fast.rewards import RewardScorer
 from occ_fast.rollout import TransformersEngine
 from occ_fast.train import train
@@ -395,7 +396,7 @@ def write(args: argparse.Namespace, warm: list[dict[str, Any]], rows: list[dict[
     args.results.mkdir(parents=True, exist_ok=True)
     stored = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     results = {"args": stored, "warm_start": warm, "runs": rows}
-    (args.results / f"{args.name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_text_atomic(args.results / f"{args.name}.json", json.dumps(results, indent=2) + "\n")
     write_summary(args.results)
 
 
@@ -413,7 +414,7 @@ def write_summary(folder: Path) -> None:
                 else summary_lines(args, results["warm_start"], results["runs"])
             )
             lines += ["", f"**{title}.**", "", *body]
-    (folder / "summary.md").write_text("\n".join(lines) + "\n")
+    write_text_atomic(folder / "summary.md", "\n".join(lines) + "\n")
 
 
 def pilot_lines(args: argparse.Namespace, warm: list[dict[str, Any]]) -> list[str]:
