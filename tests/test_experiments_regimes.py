@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ from occ_fast.experiments.regimes import (
     smooth,
     table_lines,
     write_dose_plot,
+    write_results,
 )
 
 MINI = (
@@ -254,3 +256,22 @@ def test_every_setting_is_reported_the_same_way():
         assert f"| {name} |" in lines and reading in lines
     assert "`occ-10.0` final lam: positive on 3 of 3 seeds" in lines
     assert lines.count("| MDD |") == 2
+
+
+def test_a_sweep_killed_while_writing_results_json_keeps_the_last_complete_file(sweep, tmp_path, monkeypatch):
+    """results.json is what --resume reads: a kill while rewriting it must leave the previous file."""
+    output = tmp_path / "out"
+    shutil.copytree(sweep, output)
+    before = (output / "results.json").read_text()
+    results = json.loads(before)
+    write_text = Path.write_text
+
+    def killed_half_way(self, text, *rest, **kwargs):
+        write_text(self, text[: len(text) // 2], *rest, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Path, "write_text", killed_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        write_results(parse_args(sweep_argv(output, "--resume")), results["runs"][:1], results["warm_start"])
+    monkeypatch.undo()
+    assert (output / "results.json").read_text() == before

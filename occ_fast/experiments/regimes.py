@@ -80,6 +80,7 @@ from occ_fast.eval import load_causal_lm
 from occ_fast.experiments.paired import comparison_lines
 from occ_fast.model import save_mtp_model
 from occ_fast.monitoring.metrics import read_metrics
+from occ_fast.monitoring.output import write_text_atomic
 from occ_fast.rewards import RewardScorer
 from occ_fast.rollout import TransformersEngine
 from occ_fast.tokenizer import load_tokenizer
@@ -634,7 +635,7 @@ def write_results(args: argparse.Namespace, runs: list[dict[str, Any]], warm: li
         "runs": runs,
         "summary": summarize(runs, args.settings),
     }
-    (args.output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_text_atomic(args.output / "results.json", json.dumps(results, indent=2) + "\n")
     write_markdown(args.output / "results.md", results)
     write_summary(args.output / "summary.md", results)
     write_plots(args.output, runs, args.settings)
