@@ -8,7 +8,9 @@ gives this process its share of the cores (``occ_fast.threads``). ``TRITON_INTER
 before any Triton kernel module is imported.
 """
 
+import contextlib
 import os
+from pathlib import Path
 
 from occ_fast import threads
 
@@ -54,3 +56,24 @@ def background_jobs(request, tmp_path_factory):
         background.start(jobs, lambda name: tmp_path_factory.mktemp(name))
         yield
         background.stop()
+
+
+@pytest.fixture
+def killed_mid_write(monkeypatch):
+    """A context in which ``Path.write_text`` writes half its text and the process is interrupted:
+    what a kill in the middle of rewriting a file leaves. The context fails if nothing was written."""
+
+    @contextlib.contextmanager
+    def killed():
+        write_text = Path.write_text
+
+        def half_then_interrupted(self, text, *rest, **kwargs):
+            write_text(self, text[: len(text) // 2], *rest, **kwargs)
+            raise KeyboardInterrupt
+
+        with monkeypatch.context() as patched:
+            patched.setattr(Path, "write_text", half_then_interrupted)
+            with pytest.raises(KeyboardInterrupt):
+                yield
+
+    return killed

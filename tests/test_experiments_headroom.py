@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import re
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -200,11 +199,12 @@ def test_each_arm_reports_what_rl_earned_over_its_warm_start_by_hand():
     lines = headroom.gain_lines(rows, ["detach", "occ"])
     # detach: gains 0.2 and 0.1, mean 0.15, sd 0.0707, se 0.05: half-width 12.706 * 0.05 = 0.635,
     # MDD (12.706 + 1.376) * 0.05 = 0.704 (t quantiles 0.975 and 0.8 at 1 degree of freedom)
-    assert lines[2] == "| detach | +0.150 | [-0.485, +0.785] | within noise | 2/0 of 2 | 0.704 |"
-    assert lines[3] == "| occ | +0.000 | – | too few seeds | 0/0 of 1 | – |"
+    # sign test: 2 of 2 seeds up, p = 2 * (1/2)^2 = 0.5; occ's one seed is a tie, p = 1
+    assert lines[2] == "| detach | +0.150 | [-0.485, +0.785] | within noise | 2/0 of 2 | 0.500 | 0.704 |"
+    assert lines[3] == "| occ | +0.000 | – | too few seeds | 0/0 of 1 | 1.000 | – |"
 
 
-def test_a_sweep_killed_while_writing_its_results_keeps_the_last_complete_file(tmp_path, monkeypatch):
+def test_a_sweep_killed_while_writing_its_results_keeps_the_last_complete_file(tmp_path, killed_mid_write):
     """The results file is what the sweep resumes from: a kill in the middle of rewriting it must leave
     the previous, complete file (a torn one would stop every later sitting)."""
     args = headroom.parse_args(["--results", str(tmp_path), "--output", str(tmp_path / "runs")])
@@ -212,17 +212,9 @@ def test_a_sweep_killed_while_writing_its_results_keeps_the_last_complete_file(t
     row = {"setting": "detach", "seed": 0, "curve": [(0, 0.1), (10, 0.2)], "auc": 0.15, "final_accuracy": 0.2}
     headroom.write(args, warm, [row | {"final_reward": 0.3}])
     before = (tmp_path / "addition.json").read_text()
-    write_text = Path.write_text
-
-    def killed_half_way(self, text, *rest, **kwargs):
-        write_text(self, text[: len(text) // 2], *rest, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Path, "write_text", killed_half_way)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_mid_write():
         headroom.write(
             args, warm, [row | {"final_reward": 0.3}, row | {"setting": "occ", "final_reward": 0.4}]
         )
-    monkeypatch.undo()
     assert (tmp_path / "addition.json").read_text() == before
     assert json.loads(before)["runs"][0]["setting"] == "detach"

@@ -6,7 +6,6 @@ import json
 import re
 import shutil
 import statistics
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -95,8 +94,9 @@ def test_sweep_writes_tables_json_and_plots(sweep):
 
 def test_regimes_of_a_seed_share_one_warm_start(sweep):
     """Same seed: same start weights and RNG, so step 0 sees the same rollouts and the same trainer
-    log-probs before any update (the rollout/trainer mismatch) in every regime; another seed does not."""
-    mismatch = {}
+    log-probs before any update (the rollout/trainer mismatch) in every regime; another seed starts from
+    other weights (its entropy differs: the mismatch itself can be one fp32 rounding step on both)."""
+    entropy = {}
     for seed in (0, 1):
         runs = [sweep / "runs" / f"{regime}-seed{seed}" for regime in ("detach", "occ")]
         starts = {yaml.safe_load((r / "config.yaml").read_text())["model"]["name_or_path"] for r in runs}
@@ -104,8 +104,8 @@ def test_regimes_of_a_seed_share_one_warm_start(sweep):
         first = [metrics(r)[0] for r in runs]
         for key in ("reward/mean", "response/length_mean", "mismatch/abs_diff_mean", "mismatch/kl_k3"):
             assert first[0][key] == first[1][key], key
-        mismatch[seed] = first[0]["mismatch/abs_diff_mean"]
-    assert mismatch[0] != mismatch[1]
+        entropy[seed] = first[0]["policy/entropy"]
+    assert entropy[0] != entropy[1]
 
 
 def test_resume_skips_finished_runs_and_finishes_the_rest(sweep):
@@ -258,20 +258,14 @@ def test_every_setting_is_reported_the_same_way():
     assert lines.count("| MDD |") == 2
 
 
-def test_a_sweep_killed_while_writing_results_json_keeps_the_last_complete_file(sweep, tmp_path, monkeypatch):
+def test_a_sweep_killed_while_writing_results_json_keeps_the_last_complete_file(
+    sweep, tmp_path, killed_mid_write
+):
     """results.json is what --resume reads: a kill while rewriting it must leave the previous file."""
     output = tmp_path / "out"
     shutil.copytree(sweep, output)
     before = (output / "results.json").read_text()
     results = json.loads(before)
-    write_text = Path.write_text
-
-    def killed_half_way(self, text, *rest, **kwargs):
-        write_text(self, text[: len(text) // 2], *rest, **kwargs)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Path, "write_text", killed_half_way)
-    with pytest.raises(KeyboardInterrupt):
+    with killed_mid_write():
         write_results(parse_args(sweep_argv(output, "--resume")), results["runs"][:1], results["warm_start"])
-    monkeypatch.undo()
     assert (output / "results.json").read_text() == before

@@ -36,7 +36,7 @@ from rich.console import Console
 
 from occ_fast.avg_at_k import evaluate
 from occ_fast.config import Config, parse_config
-from occ_fast.experiments.paired import compare, comparison_lines, paired
+from occ_fast.experiments.paired import COLUMNS, compare, comparison_lines, paired, row
 from occ_fast.experiments.regimes import Setting, parse_settings, prepare_run_dir
 from occ_fast.model import save_mtp_model
 from occ_fast.monitoring.metrics import read_metrics
@@ -370,16 +370,11 @@ def summary_lines(
 def gain_lines(rows: Sequence[dict[str, Any]], arms: Sequence[str]) -> list[str]:
     """Per arm, the final held-out accuracy minus the warm start's (step 0 of its curve) over seeds,
     read like the paired tables: a testbed where RL earns nothing cannot rank the arms."""
-    lines = ["| arm | gain | 95% interval | reading | seeds up/down | MDD |", "|---|---|---|---|---|---|"]
+    lines = [f"| arm | gain | {COLUMNS} |", "|---|---|---|---|---|---|---|"]
     for arm in arms:
         c = compare([r["final_accuracy"] - r["curve"][0][1] for r in rows if r["setting"] == arm])
         if c["n"]:
-            interval = "–" if c["low"] is None else f"[{c['low']:+.3f}, {c['high']:+.3f}]"
-            mdd = "–" if c["mdd"] is None else f"{c['mdd']:.3f}"
-            lines.append(
-                f"| {arm} | {c['mean']:+.3f} | {interval} | {c['reading']} | {c['above']}/{c['below']} of {c['n']} "
-                f"| {mdd} |"
-            )
+            lines.append(row(arm, c))
     return lines
 
 

@@ -75,25 +75,29 @@ def paired(rows: Sequence[dict[str, Any]], reference: str, arm: str, key: str) -
     ]
 
 
+COLUMNS = "95% interval | reading | seeds above/below | sign-test p | MDD"
+
+
+def row(label: str, c: dict[str, Any]) -> str:
+    """One markdown row of :func:`compare`'s result, its cells in :data:`COLUMNS`' order after the mean."""
+    interval = "–" if c["low"] is None else f"[{c['low']:+.3f}, {c['high']:+.3f}]"
+    mdd = "–" if c["mdd"] is None else f"{c['mdd']:.3f}"
+    return (
+        f"| {label} | {c['mean']:+.3f} | {interval} | {c['reading']} | {c['above']}/{c['below']} of {c['n']} "
+        f"| {c['sign_p']:.3f} | {mdd} |"
+    )
+
+
 def comparison_lines(
     rows: Sequence[dict[str, Any]], reference: str, arms: Sequence[str], key: str
 ) -> list[str]:
     """One row per arm: paired difference from ``reference`` with its interval, reading, seeds
     above/below, sign-test p and MDD (markdown)."""
-    lines = [
-        f"| arm | paired Δ from `{reference}` | 95% interval | reading | seeds above/below | sign-test p | MDD |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    lines = [f"| arm | paired Δ from `{reference}` | {COLUMNS} |", "|---|---|---|---|---|---|---|"]
     for arm in arms:
         if arm == reference:
             continue
         c = compare(paired(rows, reference, arm, key))
-        if c["n"] == 0:
-            continue
-        interval = "–" if c["low"] is None else f"[{c['low']:+.3f}, {c['high']:+.3f}]"
-        mdd = "–" if c["mdd"] is None else f"{c['mdd']:.3f}"
-        lines.append(
-            f"| {arm} | {c['mean']:+.3f} | {interval} | {c['reading']} | {c['above']}/{c['below']} of {c['n']} "
-            f"| {c['sign_p']:.3f} | {mdd} |"
-        )
+        if c["n"]:
+            lines.append(row(arm, c))
     return lines
