@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import subprocess
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import warm_python
 
 from occ_fast.experiments import headroom
 from occ_fast.experiments.paired import compare, comparison_lines, paired, sign_test_p, t_quantile
@@ -218,3 +223,89 @@ def test_a_sweep_killed_while_writing_its_results_keeps_the_last_complete_file(t
         )
     assert (tmp_path / "addition.json").read_text() == before
     assert json.loads(before)["runs"][0]["setting"] == "detach"
+
+
+def test_a_shard_runs_only_its_seeds_and_keeps_the_runs_another_shard_wrote_meanwhile(tmp_path, monkeypatch):
+    results = tmp_path / "results"
+    warm = {
+        "dir": "w",
+        "sft_steps": 25,
+        "heldout_accuracy": 0.3,
+        "reached": True,
+        "trajectory": [],
+        "seconds": 1,
+    }
+    row = {
+        "curve": [(0, 0.3), (100, 0.5)],
+        "auc": 0.5,
+        "final_accuracy": 0.5,
+        "final_reward": 0.5,
+        "seconds": 1,
+    }
+    argv = [
+        "--arms",
+        "detach",
+        "occ",
+        "--seeds",
+        "4",
+        "--output",
+        str(tmp_path / "runs"),
+        "--results",
+        str(results),
+    ]
+    other = headroom.parse_args([*argv, "--shard", "0/2"])
+    trained = []
+
+    def train(cfg, console):
+        trained.append(cfg.name)
+        if len(trained) == 1:  # the other shard finishes a run of its own meanwhile
+            headroom.write(other, [warm | {"seed": 0}], [row | {"setting": "detach", "seed": 0}])
+
+    monkeypatch.setattr(headroom, "build_warm_start", lambda args, seed, console: warm | {"seed": seed})
+    monkeypatch.setattr(headroom, "run_config", lambda args, arm, seed, w: SimpleNamespace(name=(arm, seed)))
+    monkeypatch.setattr(headroom, "prepare_run_dir", lambda cfg: cfg)
+    monkeypatch.setattr(headroom, "train", train)
+    monkeypatch.setattr(
+        headroom, "run_row", lambda arm, seed, cfg, w, s: row | {"setting": arm, "seed": seed}
+    )
+    assert headroom.main([*argv, "--shard", "1/2"]) == 0
+    assert trained == [("detach", 1), ("occ", 1), ("detach", 3), ("occ", 3)]
+    stored = json.loads((results / "addition.json").read_text())
+    assert [(r["setting"], r["seed"]) for r in stored["runs"]] == [
+        ("detach", 0), ("detach", 1), ("occ", 1), ("detach", 3), ("occ", 3)
+    ]  # fmt: skip
+    assert [w["seed"] for w in stored["warm_start"]] == [0, 1, 3]
+    assert "shard" not in stored["args"]  # the sweep's settings, the same for every shard
+
+
+def test_a_shard_waits_for_the_lock_and_keeps_what_the_other_wrote_under_it(tmp_path):
+    """A write reads the results file, merges and replaces it: a shard that did so while another was
+    between its read and its replace would drop the other's run. Here this test holds the lock, as a
+    shard does while it writes, and a real second process must wait for it, then merge."""
+    writer = [*warm_python.PYTHON, str(Path(__file__).with_name("headroom_writer.py")), str(tmp_path), "1"]
+    with headroom.locked(tmp_path):
+        shard = subprocess.Popen(writer, env=warm_python.environ(os.environ))
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "ready").exists() and shard.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # the other shard is now in its write
+        assert not (tmp_path / "addition.json").exists(), "the other shard wrote while the lock was held"
+        ours = {
+            "setting": "detach",
+            "seed": 0,
+            "curve": [(0, 0.1), (10, 0.3)],
+            "auc": 0.2,
+            "final_accuracy": 0.3,
+            "final_reward": 0.4,
+        }
+        (tmp_path / "addition.json").write_text(json.dumps({"warm_start": [], "runs": [ours]}))
+    assert shard.wait(timeout=120) == 0
+    stored = json.loads((tmp_path / "addition.json").read_text())
+    assert [(r["setting"], r["seed"]) for r in stored["runs"]] == [("detach", 0), ("detach", 1)]
+
+
+@pytest.mark.parametrize("value", ["2/2", "1", "a/b", "-1/2", "1/0"])
+def test_a_bad_shard_is_named(value, capsys):
+    with pytest.raises(SystemExit):
+        headroom.parse_args([f"--shard={value}"])
+    assert f"--shard: {value!r} is not I/N" in capsys.readouterr().err

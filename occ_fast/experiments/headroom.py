@@ -12,17 +12,24 @@ Every run is scored greedily on the same ``--held-out`` problems every ``--eval-
 The primary figure is the paired difference from ``detach`` in the area under that held-out curve
 (AUC: the trapezoid mean over the run, the warm start's score at step 0); the final accuracy sits
 beside it (:mod:`occ_fast.experiments.paired` reads both). The sweep resumes: runs already in its
-results file (``benchmarks/results/headroom/<task>.json``) are skipped, an interrupted run continues from its checkpoint::
+results file (``benchmarks/results/headroom/<task>.json``) are skipped, an interrupted run continues from its checkpoint.
+Several processes can share a sweep, each with its own ``--shard`` of the seeds: each merges its rows
+into the results file under a lock, so none overwrites another's::
 
     python -m occ_fast.experiments.headroom --task addition --pilot          # warm starts only
     nice -n 19 python -m occ_fast.experiments.headroom --task addition      # the sweep, resumable
+    nice -n 19 python -m occ_fast.experiments.headroom --task addition --shard 0/2 &   # two processes
+    nice -n 19 python -m occ_fast.experiments.headroom --task addition --shard 1/2
     python -m occ_fast.experiments.headroom --summarize-only                # summary.md again
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import json
+import os
 import statistics
 import sys
 import time
@@ -114,6 +121,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--pilot", action="store_true", help="warm starts only: SFT steps to the threshold per seed"
     )
     parser.add_argument(
+        "--shard",
+        type=shard,
+        default=(0, 1),
+        metavar="I/N",
+        help="run only the seeds s with s %% N == I, for N processes on one sweep (default 0/1: all)",
+    )
+    parser.add_argument(
         "--summarize-only",
         action="store_true",
         help="rewrite summary.md from the results files; train nothing",
@@ -125,6 +139,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     for name in args.arms:
         arm_setting(name)  # unknown arms fail before anything runs
     return args
+
+
+def shard(text: str) -> tuple[int, int]:
+    """``I/N`` with 0 <= I < N, as ``--shard`` takes it."""
+    index, _, count = text.partition("/")
+    if not (index.isdigit() and count.isdigit() and int(index) < int(count)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not I/N with 0 <= I < N (e.g. 0/2)")
+    return int(index), int(count)
 
 
 def seed_argv(args: argparse.Namespace, seed: int) -> list[str]:
@@ -147,7 +169,8 @@ def heldout_file(args: argparse.Namespace) -> Path:
         cfg = parse_config(["--preset", args.task, "--data.seed", "0"])
         records = synthetic_records(cfg, "eval", args.held_out, "--held-out")
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps({"prompt": r.prompt, "answer": r.answer}) + "\n" for r in records))
+        lines = "".join(json.dumps({"prompt": r.prompt, "answer": r.answer}) + "\n" for r in records)
+        write_text_atomic(path, lines)  # another shard may read it meanwhile
     return path
 
 
@@ -387,12 +410,33 @@ def _mean_std(values: list[float]) -> str:
 
 
 def write(args: argparse.Namespace, warm: list[dict[str, Any]], rows: list[dict[str, Any]]) -> None:
-    """This sweep's ``<task>[-pilot].json``, then ``summary.md`` from every results file there."""
+    """Merge this process's warm starts and rows into ``<task>[-pilot].json`` (another shard's stay),
+    then ``summary.md`` from every results file there; both under the results folder's lock."""
     args.results.mkdir(parents=True, exist_ok=True)
-    stored = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-    results = {"args": stored, "warm_start": warm, "runs": rows}
-    write_text_atomic(args.results / f"{args.name}.json", json.dumps(results, indent=2) + "\n")
-    write_summary(args.results)
+    path = args.results / f"{args.name}.json"
+    with locked(args.results):
+        stored = json.loads(path.read_text()) if path.is_file() else {}
+        by_seed = {w["seed"]: w for w in [*stored.get("warm_start", []), *warm]}
+        by_run = {(r["setting"], r["seed"]): r for r in [*stored.get("runs", []), *rows]}
+        order = {arm: i for i, arm in enumerate(args.arms)}
+        results = {
+            "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "shard"},
+            "warm_start": [by_seed[s] for s in sorted(by_seed)],
+            "runs": sorted(by_run.values(), key=lambda r: (r["seed"], order.get(r["setting"], len(order)))),
+        }
+        write_text_atomic(path, json.dumps(results, indent=2) + "\n")
+        write_summary(args.results)
+
+
+@contextlib.contextmanager
+def locked(folder: Path):
+    """An exclusive lock on ``folder`` (``flock``), held by one process of the sweep at a time."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def write_summary(folder: Path) -> None:
@@ -427,7 +471,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.summarize_only:
         args.results.mkdir(parents=True, exist_ok=True)
-        write_summary(args.results)
+        with locked(args.results):
+            write_summary(args.results)
         return 0
     console = Console(stderr=True)
     transformers.logging.set_verbosity_error()
@@ -437,7 +482,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows = json.loads(previous.read_text())["runs"] if previous.is_file() and not args.pilot else []
     done = {(r["setting"], r["seed"]) for r in rows}
     warm: list[dict[str, Any]] = []
-    for seed in range(args.seeds):
+    index, count = args.shard
+    for seed in range(index, args.seeds, count):
         warm.append(build_warm_start(args, seed, console))
         write(args, warm, rows)
         if args.pilot:
