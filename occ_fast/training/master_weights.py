@@ -40,6 +40,7 @@ class MasterWeights:
     def __init__(self, model: nn.Module):
         self._slots: list[tuple[nn.Module, str, nn.Parameter]] = []
         self._masters: dict[int, nn.Parameter] = {}
+        self._hooks = []
         for module in model.modules():
             for name, param in module.named_parameters(recurse=False):
                 if not param.requires_grad:
@@ -47,11 +48,18 @@ class MasterWeights:
                 if id(param) not in self._masters:
                     master = nn.Parameter(param.detach().to(torch.float32, copy=True))
                     self._masters[id(param)] = master
-                    param.register_post_accumulate_grad_hook(_accumulate_into(master))
+                    self._hooks.append(param.register_post_accumulate_grad_hook(_accumulate_into(master)))
                 self._slots.append((module, name, param))
 
     def master(self, param: nn.Parameter) -> nn.Parameter:
         return self._masters[id(param)]
+
+    def release(self) -> None:
+        """Stop catching the model's gradients (the warm start hands the model to the RL optimizer,
+        whose masters then catch them); the compute copies keep the masters' last rounding."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
 
     @torch.no_grad()
     def publish(self) -> None:
@@ -95,6 +103,16 @@ class MasterAdamW(torch.optim.AdamW):
         loss = super().step(closure)
         self.masters.publish()
         return loss
+
+
+def adamw(model: nn.Module, groups: list[dict], **kwargs) -> torch.optim.AdamW:
+    """AdamW over ``groups`` of ``model``'s trainable parameters; a :class:`MasterAdamW` over their
+    fp32 masters in their place when they are plain 16-bit parameters (:func:`needs_masters`)."""
+    if not needs_masters([p for group in groups for p in group["params"]]):
+        return torch.optim.AdamW(groups, **kwargs)
+    masters = MasterWeights(model)
+    groups = [group | {"params": [masters.master(p) for p in group["params"]]} for group in groups]
+    return MasterAdamW(masters, groups, **kwargs)
 
 
 @contextmanager

@@ -19,7 +19,7 @@ from torch import nn
 from torch.optim.lr_scheduler import LambdaLR
 
 from occ_fast.config import OptimConfig
-from occ_fast.training.master_weights import MasterAdamW, MasterWeights, needs_masters
+from occ_fast.training.master_weights import MasterAdamW, adamw
 
 logger = logging.getLogger(__name__)
 
@@ -50,28 +50,22 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     decay, no_decay = decay_split(model)
     if not decay and not no_decay:
         raise ValueError("build_optimizer: the model has no trainable parameters")
-    params = [*decay.values(), *no_decay.values()]
-    masters = MasterWeights(model) if needs_masters(params) else None
-    if masters is not None:
-        decay, no_decay = ({n: masters.master(p) for n, p in d.items()} for d in (decay, no_decay))
     groups = [
         {"params": list(params.values()), "weight_decay": wd}
         for params, wd in ((decay, cfg.weight_decay), (no_decay, 0.0))
         if params
     ]
     fused = all(p.is_cuda for p in (*decay.values(), *no_decay.values()))
+    optimizer = adamw(model, groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)
     logger.info(
         "AdamW: %d tensors with weight decay %g, %d without; %s implementation%s",
         len(decay),
         cfg.weight_decay,
         len(no_decay),
         "fused" if fused else "torch's default",
-        f"; fp32 master weights and state for the {params[0].dtype} model" if masters is not None else "",
+        "; fp32 master weights and state for the 16-bit model" if isinstance(optimizer, MasterAdamW) else "",
     )
-    kwargs = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, fused=fused or None)
-    if masters is not None:
-        return MasterAdamW(masters, groups, **kwargs)
-    return torch.optim.AdamW(groups, **kwargs)
+    return optimizer
 
 
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int, schedule: str, min_lr_ratio: float) -> float:

@@ -21,6 +21,7 @@ from occ_fast.policy.batching import Sample, make_micro_batches
 from occ_fast.policy.forward import policy_logprobs
 from occ_fast.prompts import encode_prompt
 from occ_fast.training.build import synthetic_records
+from occ_fast.training.master_weights import MasterAdamW, adamw
 from occ_fast.training.optim import lr_factor
 
 logger = logging.getLogger(__name__)
@@ -58,10 +59,13 @@ def warm_start(
     at ``steps`` (the RL schedule's :func:`lr_factor`): a small model can stall at a constant rate
     (the ``addition`` preset's does). ``on_step(step, loss)`` returning True stops after that step (a
     warm start that ends once the model reaches a held-out accuracy, as
-    ``occ_fast.experiments.headroom``'s does); the schedule stays the one planned for ``steps``."""
+    ``occ_fast.experiments.headroom``'s does); the schedule stays the one planned for ``steps``.
+    A bf16 model trains fp32 masters, as the RL update does (:mod:`occ_fast.training.master_weights`);
+    it ends holding their rounding."""
     device = next(model.parameters()).device
     samples = supervised_samples(tokenizer, records)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, betas=betas, weight_decay=0.0)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = adamw(model, [{"params": trainable}], lr=lr, betas=betas, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda step: lr_factor(
@@ -71,22 +75,26 @@ def warm_start(
     rng = random.Random(seed)
     model.train()
     main_loss = float("nan")
-    for step in range(steps):
-        batch = rng.sample(samples, min(batch_size, len(samples)))
-        num_tokens = sum(len(s.response_ids) for s in batch)
-        optimizer.zero_grad(set_to_none=True)
-        total_main = torch.zeros((), device=device)
-        for micro in make_micro_batches(batch, token_budget=token_budget, pad_id=tokenizer.pad_token_id):
-            out = policy_logprobs(model, micro.to(device), temperature=1.0)
-            main = -out.heads[0].logprob.sum() / num_tokens
-            mtp = sum(-h.logprob.sum() / num_tokens for h in out.heads[1:])
-            (main + mtp).backward()
-            total_main += main.detach()
-        optimizer.step()
-        scheduler.step()
-        main_loss = float(total_main)
-        if on_step is not None and on_step(step, main_loss):
-            break
+    try:
+        for step in range(steps):
+            batch = rng.sample(samples, min(batch_size, len(samples)))
+            num_tokens = sum(len(s.response_ids) for s in batch)
+            optimizer.zero_grad(set_to_none=True)
+            total_main = torch.zeros((), device=device)
+            for micro in make_micro_batches(batch, token_budget=token_budget, pad_id=tokenizer.pad_token_id):
+                out = policy_logprobs(model, micro.to(device), temperature=1.0)
+                main = -out.heads[0].logprob.sum() / num_tokens
+                mtp = sum(-h.logprob.sum() / num_tokens for h in out.heads[1:])
+                (main + mtp).backward()
+                total_main += main.detach()
+            optimizer.step()
+            scheduler.step()
+            main_loss = float(total_main)
+            if on_step is not None and on_step(step, main_loss):
+                break
+    finally:
+        if isinstance(optimizer, MasterAdamW):
+            optimizer.masters.release()  # the RL optimizer's own masters take over the model
     optimizer.zero_grad(set_to_none=True)
     return main_loss
 
