@@ -105,39 +105,28 @@ def test_verdict_supports_only_the_full_ordering():
     assert headroom.verdict(rows_with(order, seeds=1))[0] == "incomplete"
 
 
+WARM = {"dir": "w", "sft_steps": 25, "heldout_accuracy": 0.3, "reached": True, "trajectory": [], "seconds": 1}
+ROW = {"curve": [(0, 0.3), (100, 0.5)], "auc": 0.5, "final_accuracy": 0.5, "final_reward": 0.5, "seconds": 1}
+
+
+def _stub_runs(monkeypatch, train) -> None:
+    """The sweep without its training: every warm start is ``WARM``, every run's row ``ROW``, and
+    ``train(cfg, console)`` gets a config whose ``name`` is ``(arm, seed)``."""
+    monkeypatch.setattr(headroom, "build_warm_start", lambda args, seed, console: WARM | {"seed": seed})
+    monkeypatch.setattr(headroom, "run_config", lambda args, arm, seed, w: SimpleNamespace(name=(arm, seed)))
+    monkeypatch.setattr(headroom, "prepare_run_dir", lambda cfg: cfg)
+    monkeypatch.setattr(headroom, "train", train)
+    monkeypatch.setattr(
+        headroom, "run_row", lambda arm, seed, cfg, w, s: ROW | {"setting": arm, "seed": seed}
+    )
+
+
 def test_sweep_skips_runs_already_in_results(tmp_path, monkeypatch):
     results = tmp_path / "results"
     results.mkdir()
-    done = [
-        {
-            "setting": "detach",
-            "seed": 0,
-            "curve": [(0, 0.3), (100, 0.5)],
-            "auc": 0.5,
-            "final_accuracy": 0.5,
-            "final_reward": 0.5,
-        }
-    ]
-    (results / "addition.json").write_text(json.dumps({"runs": done}))
-    warm = {
-        "seed": 0,
-        "dir": "w",
-        "sft_steps": 25,
-        "heldout_accuracy": 0.3,
-        "reached": True,
-        "trajectory": [],
-        "seconds": 1,
-    }
+    (results / "addition.json").write_text(json.dumps({"runs": [ROW | {"setting": "detach", "seed": 0}]}))
     trained = []
-    monkeypatch.setattr(headroom, "build_warm_start", lambda args, seed, console: warm | {"seed": seed})
-    monkeypatch.setattr(headroom, "run_config", lambda args, arm, seed, w: SimpleNamespace(name=(arm, seed)))
-    monkeypatch.setattr(headroom, "prepare_run_dir", lambda cfg: cfg)
-    monkeypatch.setattr(headroom, "train", lambda cfg, console: trained.append(cfg.name))
-    monkeypatch.setattr(
-        headroom,
-        "run_row",
-        lambda arm, seed, cfg, w, s: done[0] | {"setting": arm, "seed": seed, "seconds": s},
-    )
+    _stub_runs(monkeypatch, lambda cfg, console: trained.append(cfg.name))
     argv = [
         "--arms",
         "detach",
@@ -227,21 +216,6 @@ def test_a_sweep_killed_while_writing_its_results_keeps_the_last_complete_file(t
 
 def test_a_shard_runs_only_its_seeds_and_keeps_the_runs_another_shard_wrote_meanwhile(tmp_path, monkeypatch):
     results = tmp_path / "results"
-    warm = {
-        "dir": "w",
-        "sft_steps": 25,
-        "heldout_accuracy": 0.3,
-        "reached": True,
-        "trajectory": [],
-        "seconds": 1,
-    }
-    row = {
-        "curve": [(0, 0.3), (100, 0.5)],
-        "auc": 0.5,
-        "final_accuracy": 0.5,
-        "final_reward": 0.5,
-        "seconds": 1,
-    }
     argv = [
         "--arms",
         "detach",
@@ -259,15 +233,9 @@ def test_a_shard_runs_only_its_seeds_and_keeps_the_runs_another_shard_wrote_mean
     def train(cfg, console):
         trained.append(cfg.name)
         if len(trained) == 1:  # the other shard finishes a run of its own meanwhile
-            headroom.write(other, [warm | {"seed": 0}], [row | {"setting": "detach", "seed": 0}])
+            headroom.write(other, [WARM | {"seed": 0}], [ROW | {"setting": "detach", "seed": 0}])
 
-    monkeypatch.setattr(headroom, "build_warm_start", lambda args, seed, console: warm | {"seed": seed})
-    monkeypatch.setattr(headroom, "run_config", lambda args, arm, seed, w: SimpleNamespace(name=(arm, seed)))
-    monkeypatch.setattr(headroom, "prepare_run_dir", lambda cfg: cfg)
-    monkeypatch.setattr(headroom, "train", train)
-    monkeypatch.setattr(
-        headroom, "run_row", lambda arm, seed, cfg, w, s: row | {"setting": arm, "seed": seed}
-    )
+    _stub_runs(monkeypatch, train)
     assert headroom.main([*argv, "--shard", "1/2"]) == 0
     assert trained == [("detach", 1), ("occ", 1), ("detach", 3), ("occ", 3)]
     stored = json.loads((results / "addition.json").read_text())
