@@ -1,33 +1,25 @@
 """Token means logged over ranks (``gather_metrics(weights=...)`` with ``UpdateStats.token_weights``):
 two ranks holding unequal token counts must log what one process holding all the tokens logs.
 
-Two real gloo processes run every case once (one group for the module); tests/test_distributed.py
-checks the same through a whole torchrun training step."""
+Two real gloo ranks under torchrun run every case once (one group for the module; this file is also
+their worker, ``__main__``); tests/test_distributed.py checks the same through a whole training step."""
 
 from __future__ import annotations
 
 import json
 import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_group import gloo_ranks, run_two_ranks
 
 from occ_fast.distributed.collectives import gather_metrics
+from occ_fast.distributed.process_group import exit_rank
 from occ_fast.training.update_stats import UpdateStats
 
-
-def _rank(rank: int, store: str, cases: dict[str, list[tuple[dict, dict]]], out: str) -> None:
-    """One rank: ``gather_metrics`` of its ``(metrics, weights)`` in every case; rank 0 writes the results."""
-    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
-    try:
-        got = {name: gather_metrics(ranks[rank][0], weights=ranks[rank][1]) for name, ranks in cases.items()}
-        if rank == 0:
-            with open(out, "w") as f:
-                json.dump(got, f)
-    finally:
-        dist.destroy_process_group()
+TIMEOUT_S = 120
 
 
 def _stats(tokens: float, entropy_sum: float, rows: float, hits: float) -> UpdateStats:
@@ -62,17 +54,37 @@ def test_a_rank_without_tokens_is_left_out_of_a_token_mean(gathered):
     assert gathered["empty rank"] == {"policy/entropy": 1.5, "spec/x": 0.5}
 
 
-@pytest.fixture(scope="module")
-def gathered(tmp_path_factory) -> dict[str, dict[str, float]]:
-    """Every case's result on rank 0 of a real 2-process gloo group."""
+def _cases() -> dict[str, list[tuple[dict, dict]]]:
+    """Each case's ``(metrics, weights)`` of rank 0 and rank 1."""
     ranks = [_stats(30, 60.0, 20, 18), _stats(10, 5.0, 5, 2)]
-    cases = {
+    return {
         "unequal": [(r.summary(), r.token_weights()) for r in ranks],
         "empty rank": [
             ({"policy/entropy": 1.5, "spec/x": 0.25}, {"policy/entropy": 12.0, "spec/x": 0.0}),
             ({"policy/entropy": math.nan, "spec/x": 0.75}, {"policy/entropy": 0.0, "spec/x": 0.0}),
         ],
     }
-    tmp = tmp_path_factory.mktemp("gloo")
-    mp.spawn(_rank, args=(str(tmp / "store"), cases, str(tmp / "out.json")), nprocs=2)
-    return json.loads((tmp / "out.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def gathered(tmp_path_factory) -> dict[str, dict[str, float]]:
+    """Every case's result on rank 0 of a real 2-rank gloo group."""
+    out = tmp_path_factory.mktemp("gloo")
+    run_two_ranks(__file__, out, TIMEOUT_S)
+    return json.loads((out / "gathered.json").read_text())
+
+
+def worker(out: Path) -> None:
+    """One rank: ``gather_metrics`` of its ``(metrics, weights)`` in every case; rank 0 writes them."""
+    with gloo_ranks() as info:
+        got = {
+            name: gather_metrics(ranks[info.rank][0], weights=ranks[info.rank][1])
+            for name, ranks in _cases().items()
+        }
+        if info.rank == 0:
+            (out / "gathered.json").write_text(json.dumps(got))
+
+
+if __name__ == "__main__":
+    worker(Path(sys.argv[1]))
+    exit_rank(0)  # as the trainer's ranks leave (occ_fast/distributed/process_group.py)
