@@ -178,6 +178,8 @@ class RolloutConfig:
     """vLLM: draft tokens per step when rollout.speculative='mtp' (MiMo-format heads draft 1: vLLM's MiMo drafter runs depth 1 only, more is capped with a warning)."""
     sleep_level: Literal[1, 2] = 1
     """vLLM sleep mode between rollouts: 1 offloads weights to CPU, 2 discards them (re-sent by the sync)."""
+    on_nonfinite_logprobs: Literal["stop", "drop"] = "stop"
+    """A step whose rollout log-probs hold a NaN or an infinity: 'stop' the run there, naming the step and the count, before training on it; or 'drop' every group holding one (counted in rollout/dropped_groups) and roll out new prompts in their place, in at most algorithm.dynamic_sampling_max_rounds rounds, after which a step still short stops the run."""
     sync_check_threshold: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
     """vLLM: mean |log-prob| difference between engine and trainer on a probe above which a sync stops the run; None = by the engine's dtype (float32 1e-3, float16 0.05, bfloat16 0.1)."""
 

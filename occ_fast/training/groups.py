@@ -1,7 +1,8 @@
 """Stages 1-3 of the RL step: sample prompts, roll out ``rollout.n`` completions of each, score them.
 
 With dynamic sampling, groups whose rewards have no variance are dropped and refilled by further
-rounds; under torchrun each rank keeps exactly its share of the step's groups."""
+rounds, as are groups with NaN or infinite rollout log-probs when ``rollout.on_nonfinite_logprobs``
+is 'drop'; under torchrun each rank keeps exactly its share of the step's groups."""
 
 from __future__ import annotations
 
@@ -36,16 +37,18 @@ def collect_groups(run: Run, step: int) -> tuple[list[Group], dict[str, float]]:
 
     Every rank draws the same prompt indices from its own copy of the sampler and takes its slice,
     so the samplers stay identical (rank 0's is checkpointed). With dynamic sampling, each refill
-    round draws the total of every rank's shortfall and hands each rank exactly its own. The kept
-    groups come back in draw order (:attr:`Group.draw`), which does not depend on the rank split."""
+    round draws the total of every rank's shortfall and hands each rank exactly its own; so do the
+    rounds that refill the groups ``rollout.on_nonfinite_logprobs='drop'`` drops. The kept groups
+    come back in draw order (:attr:`Group.draw`), which does not depend on the rank split."""
     cfg, rank, world = run.cfg, run.dist.rank, run.dist.world_size
+    drop = cfg.rollout.on_nonfinite_logprobs == "drop"
     quota = len(shard_prompts(range(cfg.data.prompts_per_step), rank, world))
     kept: list[Group] = []
     stats = defaultdict(float)
     rounds = drawn_before = 0
     while True:
         shortfalls = all_gather_ints(quota - len(kept))
-        if sum(shortfalls) == 0:
+        if sum(shortfalls) == 0 or (drop and rounds >= max(cfg.algorithm.dynamic_sampling_max_rounds, 1)):
             break
         rounds += 1
         drawn = run.sampler.next_batch(sum(shortfalls))
@@ -57,9 +60,13 @@ def collect_groups(run: Run, step: int) -> tuple[list[Group], dict[str, float]]:
         drawn_before += sum(shortfalls)
         for key, value in round_stats.items():
             stats[key] += value
+        if drop:
+            finite = [g for g in groups if all(torch.isfinite(r.logprobs).all() for r in g.results)]
+            stats["dropped_groups"] += len(groups) - len(finite)
+            groups = finite
         if not cfg.algorithm.dynamic_sampling:
-            kept = groups
-            break
+            kept += groups  # a further round only refills dropped groups
+            continue
         flat = torch.tensor([r for g in groups for r in g.rewards])
         zero = zero_variance_groups(flat, cfg.rollout.n).tolist() if groups else []
         kept += [g for g, z in zip(groups, zero) if not z]
@@ -70,8 +77,12 @@ def collect_groups(run: Run, step: int) -> tuple[list[Group], dict[str, float]]:
                     step, len(kept), quota, rounds,
                 )  # fmt: skip
                 kept += [g for g, z in zip(groups, zero) if z][: quota - len(kept)]
-            break
-    check_rollout_logprobs(run, stats, step)
+            if not drop:
+                break
+    if drop:
+        check_refilled(run, sum(shortfalls), step, rounds)
+    else:
+        check_rollout_logprobs(run, stats, step)
     kept.sort(key=lambda g: g.draw)
     all_rewards = [r for g in kept for r in g.rewards]
     return kept, {
@@ -84,6 +95,7 @@ def collect_groups(run: Run, step: int) -> tuple[list[Group], dict[str, float]]:
         "rollout/truncated": stats["truncated"],
         "rollout/rounds": rounds,
         "rollout/nonfinite_logprobs": stats["nonfinite_logprobs"],
+        "rollout/dropped_groups": stats["dropped_groups"],
     }
 
 
@@ -94,12 +106,27 @@ def check_rollout_logprobs(run: Run, stats: dict[str, float], step: int) -> None
     update is), so the stop names the last checkpoint saved while the run was healthy."""
     bad, total = global_sum(torch.tensor([stats["nonfinite_logprobs"], stats["logprobs"]])).long().tolist()
     if bad:
-        before = step if run.health.suspect_from is None else min(step, run.health.suspect_from)
-        raise TrainingHalted(
-            f"stopping at step {step}: {bad} of {total} rollout log-probs are NaN or infinite (the "
-            "policy's weights or the engine's sampling are broken), and nothing of this step was "
-            f"trained on; {last_good(run.cfg.run_dir, before)}"
+        halt(run, step, f"{bad} of {total} rollout log-probs are NaN or infinite")
+
+
+def check_refilled(run: Run, short: int, step: int, rounds: int) -> None:
+    """Stop a step that ``rollout.on_nonfinite_logprobs='drop'`` left short of groups (``short``,
+    summed over ranks, is the same on every rank): every round brought NaN or infinite log-probs."""
+    if short:
+        halt(
+            run,
+            step,
+            f"after {rounds} rounds {short} groups were still dropped for NaN or infinite rollout log-probs "
+            "(rollout.on_nonfinite_logprobs='drop')",
         )
+
+
+def halt(run: Run, step: int, what: str) -> None:
+    before = step if run.health.suspect_from is None else min(step, run.health.suspect_from)
+    raise TrainingHalted(
+        f"stopping at step {step}: {what} (the policy's weights or the engine's sampling are broken), "
+        f"and nothing of this step was trained on; {last_good(run.cfg.run_dir, before)}"
+    )
 
 
 def rollout_and_score(

@@ -36,6 +36,8 @@ SUMMED_METRICS = frozenset(
         "rollout/empty_completions",
         "rollout/truncated",
         "reward/zero_std_groups",
+        "rollout/dropped_groups",
+        "rollout/nonfinite_logprobs",
         "optim/padding_micro_batches",
     }
 )
