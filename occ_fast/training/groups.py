@@ -6,7 +6,6 @@ is 'drop'; under torchrun each rank keeps exactly its share of the step's groups
 
 from __future__ import annotations
 
-import logging
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -20,8 +19,6 @@ from occ_fast.monitoring.health import TrainingHalted, last_good
 from occ_fast.prompts import encode_prompt
 from occ_fast.rollout import RolloutResult, SamplingParams
 from occ_fast.training.setup import Run
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -72,8 +69,9 @@ def collect_groups(run: Run, step: int) -> tuple[list[Group], dict[str, float]]:
         kept += [g for g, z in zip(groups, zero) if not z]
         if rounds >= cfg.algorithm.dynamic_sampling_max_rounds:
             if len(kept) < quota:
-                logger.warning(
-                    "step %d: dynamic sampling kept %d of %d groups after %d rounds; training on all sampled",
+                run.shortfall_warning(
+                    "step %d: dynamic sampling kept %d of %d groups after %d rounds; training on all "
+                    "sampled (reward/zero_std_groups counts the zero-variance groups of every step)",
                     step, len(kept), quota, rounds,
                 )  # fmt: skip
                 kept += [g for g, z in zip(groups, zero) if z][: quota - len(kept)]

@@ -32,6 +32,7 @@ from occ_fast.monitoring.health import NonFiniteGuard, PolicyHealth, RewardHealt
 from occ_fast.monitoring.metrics import MetricsLogger, read_metrics
 from occ_fast.monitoring.output import ensure_writable
 from occ_fast.monitoring.progress import progress_bars
+from occ_fast.monitoring.throttle import ThrottledWarning
 from occ_fast.rewards import RewardScorer
 from occ_fast.rewards.answers import check_answers
 from occ_fast.rollout import RolloutEngine
@@ -77,6 +78,9 @@ class Run:
     nonfinite: NonFiniteGuard = field(default_factory=lambda: NonFiniteGuard(limit=0))
     health: PolicyHealth = field(default_factory=lambda: PolicyHealth(0, math.inf, False))
     reward_health: RewardHealth = field(default_factory=lambda: RewardHealth("", 1.0, 1))
+    shortfall_warning: ThrottledWarning = field(
+        default_factory=lambda: ThrottledWarning(logging.getLogger("occ_fast.training.groups"))
+    )
 
 
 def setup(cfg: Config, console: Console) -> Run:
