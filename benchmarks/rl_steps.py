@@ -4,7 +4,9 @@
 
 Runs ``python -m occ_fast.train`` with a random-init Qwen2 model of Qwen2-0.5B's shape (hidden 896,
 24 layers, 14 heads, 2 KV heads, MLP 4864), one MTP head, bf16 compute with fp32 master weights,
-synthetic arithmetic prompts, in two settings, each with the ``occ`` and the ``detach`` regime:
+synthetic arithmetic prompts, in two settings, each with the ``occ`` and the ``detach`` regime. Two
+SFT warm-start steps come first (untimed): on one GPU they too step fp32 masters, then hand the
+model to the RL optimizer.
 
 - ``base``: one GPU, sdpa attention, the transformers rollout engine;
 - ``full``: every part below that is installed, together.
@@ -49,6 +51,7 @@ REQUIRED = (
 )
 PIP_NAMES = {"yaml": "pyyaml"}
 PROMPTS, SAMPLES, MAX_NEW_TOKENS = 16, 8, 64
+SFT_STEPS = 2  # the warm start exercised before the timed RL steps
 TIMES = ("time/rollout_and_reward_s", "time/old_logprobs_s", "time/update_s", "time/step_s")
 REGIMES = ("occ", "detach")
 
@@ -109,7 +112,7 @@ def base_args(regime: str, steps: int, out_dir: Path, name: str, model_dir: Path
         "--optim.mini-batches", "2",
         "--optim.micro-batch-tokens", "8192",
         "--train.steps", str(steps),
-        "--train.warmup-sft-steps", "0",
+        "--train.warmup-sft-steps", str(SFT_STEPS),
         "--eval.every", "0",
         "--run.save-every", "0",
         "--run.output-dir", str(out_dir),

@@ -205,3 +205,4 @@ def test_rl_steps_arguments_parse_into_the_advertised_run():
         "transformers",
     )
     assert (cfg.mtp.regime, cfg.train.steps, cfg.rollout.n, cfg.data.prompts_per_step) == ("detach", 3, 8, 16)
+    assert cfg.train.warmup_sft_steps == 2  # the bf16 warm start with fp32 masters runs on the GPU too
