@@ -63,7 +63,9 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
         cfg.weight_decay,
         len(no_decay),
         "fused" if fused else "torch's default",
-        "; fp32 master weights and state for the 16-bit model" if isinstance(optimizer, MasterAdamW) else "",
+        f"; fp32 master weights and state for the {groups[0]['params'][0].dtype} model"
+        if isinstance(optimizer, MasterAdamW)
+        else "",
     )
     return optimizer
 
