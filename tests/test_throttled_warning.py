@@ -16,9 +16,9 @@ def test_a_warning_is_said_once_per_interval_with_the_count_of_the_ones_between(
             now["t"] = t
             warn("step at %.0f: short", t)
     assert [r.getMessage() for r in caplog.records] == [
-        "step at 100: short; said at most once per 60 s",
-        "step at 160: short (3 times since the last such warning); said at most once per 60 s",
-        "step at 230: short (2 times since the last such warning); said at most once per 60 s",
+        "step at 100: short (said at most once per 60 s)",
+        "step at 160: short (3 times since the last such warning; said at most once per 60 s)",
+        "step at 230: short (2 times since the last such warning; said at most once per 60 s)",
     ]
 
 

@@ -25,6 +25,6 @@ class ThrottledWarning:
         now = self.clock()
         if now - self.last < self.every_s:
             return
-        suffix = "" if self.unsaid == 1 else f" ({self.unsaid} times since the last such warning)"
-        self.logger.warning(f"{message}{suffix}; said at most once per {self.every_s:.0f} s", *args)
+        since = "" if self.unsaid == 1 else f"{self.unsaid} times since the last such warning; "
+        self.logger.warning(f"{message} ({since}said at most once per {self.every_s:.0f} s)", *args)
         self.unsaid, self.last = 0, now

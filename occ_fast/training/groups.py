@@ -71,7 +71,7 @@ def collect_groups(run: Run, step: int) -> tuple[list[Group], dict[str, float]]:
             if len(kept) < quota:
                 run.shortfall_warning(
                     "step %d: dynamic sampling kept %d of %d groups after %d rounds; training on all "
-                    "sampled (reward/zero_std_groups counts the zero-variance groups of every step)",
+                    "sampled; reward/zero_std_groups counts each step's zero-variance groups",
                     step, len(kept), quota, rounds,
                 )  # fmt: skip
                 kept += [g for g, z in zip(groups, zero) if z][: quota - len(kept)]
