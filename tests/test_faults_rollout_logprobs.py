@@ -10,27 +10,16 @@ import math
 import subprocess
 from pathlib import Path
 
+import nan_rollouts
 import torch
 import warm_python
 from faults_helpers import fast_args, trainer_env
 
-from occ_fast.rollout.transformers_engine import TransformersEngine
 from occ_fast.train import main
 
 
 def test_nonfinite_rollout_logprobs_stop_the_run_at_that_step(tmp_path, monkeypatch, capsys):
-    real_generate = TransformersEngine.generate
-    calls = {"n": 0}
-
-    def nan_from_the_second_call(self, *args, **kwargs):
-        results = real_generate(self, *args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] >= 2:  # the engine's second rollout batch: step 1
-            results[0].logprobs[0] = float("nan")
-            results[2].logprobs[-1] = float("inf")
-        return results
-
-    monkeypatch.setattr(TransformersEngine, "generate", nan_from_the_second_call)
+    nan_rollouts.install(monkeypatch, every_call=True)
     assert main(fast_args(tmp_path, "r", "--train.steps", "4", "--run.save-every", "1")) == 1
     err = capsys.readouterr().err
     assert "Traceback" not in err, err
@@ -49,28 +38,11 @@ def test_finite_rollout_logprobs_count_zero(tmp_path):
     assert torch.isfinite(torch.tensor(json.loads(line)["mismatch/abs_diff_max"]))
 
 
-def _nan_in_first_group_of_step_1(monkeypatch, every_call: bool = False) -> None:
-    """From the engine's second rollout batch (step 1) on, or in that batch only, the first group's
-    first completion gets a NaN log-prob and its third an infinite one."""
-    real_generate = TransformersEngine.generate
-    calls = {"n": 0}
-
-    def generate(self, *args, **kwargs):
-        results = real_generate(self, *args, **kwargs)
-        calls["n"] += 1
-        if calls["n"] == 2 or (every_call and calls["n"] > 2):
-            results[0].logprobs[0] = float("nan")
-            results[2].logprobs[-1] = float("inf")
-        return results
-
-    monkeypatch.setattr(TransformersEngine, "generate", generate)
-
-
 def test_drop_mode_drops_the_groups_with_nonfinite_logprobs_and_refills_them(tmp_path, monkeypatch):
     """``rollout.on_nonfinite_logprobs=drop``: the group holding the bad log-probs is dropped and
     counted, a second round rolls out a new prompt in its place, and the step trains on finite
     log-probs only; the run goes on."""
-    _nan_in_first_group_of_step_1(monkeypatch)
+    nan_rollouts.install(monkeypatch)
     args = fast_args(tmp_path, "r", "--train.steps", "3", "--rollout.on-nonfinite-logprobs", "drop")
     assert main(args) == 0
     metrics = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
@@ -84,7 +56,7 @@ def test_drop_mode_drops_the_groups_with_nonfinite_logprobs_and_refills_them(tmp
 def test_drop_mode_stops_a_step_still_short_after_its_rounds(tmp_path, monkeypatch, capsys):
     """Every round of step 1 brings a bad group: after ``algorithm.dynamic_sampling_max_rounds``
     rounds the step is still short, and the run stops there in one line, nothing trained on."""
-    _nan_in_first_group_of_step_1(monkeypatch, every_call=True)
+    nan_rollouts.install(monkeypatch, every_call=True)
     args = fast_args(
         tmp_path, "r", "--train.steps", "3", "--rollout.on-nonfinite-logprobs", "drop",
         "--algorithm.dynamic-sampling-max-rounds", "3",
