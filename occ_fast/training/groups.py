@@ -45,8 +45,8 @@ def collect_groups(run: Run, step: int) -> tuple[list[Group], dict[str, float]]:
     rounds = drawn_before = 0
     while True:
         shortfalls = all_gather_ints(quota - len(kept))
-        if sum(shortfalls) == 0 or (drop and rounds >= max(cfg.algorithm.dynamic_sampling_max_rounds, 1)):
-            break
+        if sum(shortfalls) == 0 or rounds >= max(cfg.algorithm.dynamic_sampling_max_rounds, 1):
+            break  # short after the last round only when dropped groups were not refilled
         rounds += 1
         drawn = run.sampler.next_batch(sum(shortfalls))
         start = sum(shortfalls[:rank])
@@ -67,16 +67,13 @@ def collect_groups(run: Run, step: int) -> tuple[list[Group], dict[str, float]]:
         flat = torch.tensor([r for g in groups for r in g.rewards])
         zero = zero_variance_groups(flat, cfg.rollout.n).tolist() if groups else []
         kept += [g for g, z in zip(groups, zero) if not z]
-        if rounds >= cfg.algorithm.dynamic_sampling_max_rounds:
-            if len(kept) < quota:
-                run.shortfall_warning(
-                    "step %d: dynamic sampling kept %d of %d groups after %d rounds; training on all "
-                    "sampled; reward/zero_std_groups counts each step's zero-variance groups",
-                    step, len(kept), quota, rounds,
-                )  # fmt: skip
-                kept += [g for g, z in zip(groups, zero) if z][: quota - len(kept)]
-            if not drop:
-                break
+        if rounds >= cfg.algorithm.dynamic_sampling_max_rounds and len(kept) < quota:
+            run.shortfall_warning(
+                "step %d: dynamic sampling kept %d of %d groups after %d rounds; training on all "
+                "sampled; reward/zero_std_groups counts each step's zero-variance groups",
+                step, len(kept), quota, rounds,
+            )  # fmt: skip
+            kept += [g for g, z in zip(groups, zero) if z][: quota - len(kept)]
     if drop:
         check_refilled(run, sum(shortfalls), step, rounds)
     else:
